@@ -1,0 +1,180 @@
+"""The ``syncer`` command line. Each subcommand parses its options, calls one function of
+:mod:`syncer.commands` (or the daemon, sandbox, demo), prints the result and exits with the
+contract's code: 0 done; 1 some users could not be delivered; 2 bad config or usage; 3 a destination
+rejected the credentials."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+import structlog
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from syncer import __version__, commands, logs
+from syncer.config import Config, load
+from syncer.errors import ConfigError, SourceError, StateError, SyncerError
+from syncer.logs import LEVELS
+from syncer.pipeline import Progress as ProgressFn
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = structlog.get_logger("syncer.cli")
+
+EXIT_OK, EXIT_UNDELIVERED, EXIT_CONFIG, EXIT_CREDENTIALS = 0, 1, 2, 3
+
+
+def _level(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    return value.lower()
+
+
+def common(needs_config: bool = True, log_stream: str = "stderr",
+           default_level: str = "info") -> Callable[[F], F]:
+    """``-c/--config`` (where the command needs one) and ``--log-level`` on every command."""
+
+    def wrap(fn: F) -> F:
+        @click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False),
+                      default=default_level, show_default=True, callback=_level,
+                      help="How much to log (debug, info, warning, error; any case).")
+        @functools.wraps(fn)
+        def inner(*args: Any, log_level: str, **kwargs: Any) -> Any:
+            logs.configure(log_level, sys.stdout if log_stream == "stdout" else sys.stderr)
+            try:
+                if needs_config:
+                    config = load(kwargs.pop("config"))
+                    logs.set_secrets(config.secret_values())
+                    return fn(config, *args, **kwargs)
+                return fn(*args, **kwargs)
+            except ConfigError as exc:
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(EXIT_CONFIG)
+            except (SourceError, StateError) as exc:
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(EXIT_UNDELIVERED)
+            except SyncerError as exc:
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(EXIT_UNDELIVERED)
+
+        if needs_config:
+            inner = click.option(
+                "-c", "--config", type=click.Path(dir_okay=False), default=None,
+                help="Config file [default: $SYNCER_CONFIG, then /etc/syncer/config.toml].",
+            )(inner)
+        return inner  # type: ignore[return-value]
+
+    return wrap
+
+
+@contextmanager
+def progress_bar(console: Console) -> Iterator[ProgressFn | None]:
+    """A progress bar on a terminal; nothing off one."""
+    if not console.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("capture", total=None)
+
+        def report(phase: str, done: int, total: int | None) -> None:
+            bar.update(task, description=phase, completed=done, total=total)
+
+        yield report
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="syncer")
+def main() -> None:
+    """Keep an application's users in step with Blux (CRM) and nachocode (app push)."""
+
+
+@main.command()
+@common(log_stream="stdout")
+def run(config: Config) -> None:
+    """The daemon: passes every [schedule] interval_seconds, reconcile on [capture]
+    reconcile_cron, instant wake-ups in outbox mode on PostgreSQL; stops cleanly on SIGTERM."""
+    from syncer.daemon import run_daemon
+
+    sys.exit(run_daemon(config))
+
+
+@main.command()
+@click.option("--reconcile", is_flag=True,
+              help="Diff the whole table whatever the capture mode (catches hard deletes).")
+@click.option("--confirm", is_flag=True,
+              help="Let a pass through that deletes more than max_delete_fraction of the users.")
+@common()
+def once(config: Config, reconcile: bool, confirm: bool) -> None:
+    """One pass, then exit: 0 only when everything due was delivered."""
+    console = Console()
+    with progress_bar(Console(stderr=True)) as progress:
+        result = commands.once(config, reconcile=reconcile, confirm=confirm, progress=progress)
+    from syncer.report import pass_summary
+
+    pass_summary(console, result)
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.option("--reconcile", is_flag=True, help="Plan a full diff instead of an incremental pass.")
+@common()
+def plan(config: Config, reconcile: bool) -> None:
+    """Dry run: what a pass would send, per endpoint, with a sample and the time it would take.
+    Sends nothing and changes nothing."""
+    from syncer.report import plan_report
+
+    with progress_bar(Console(stderr=True)) as progress:
+        result = commands.plan(config, reconcile=reconcile, progress=progress)
+    plan_report(Console(), result)
+    sys.exit(EXIT_OK if result.outcome == "dry-run" else EXIT_UNDELIVERED)
+
+
+@main.command()
+@click.option("--limit", default=10, show_default=True, help="Rows per table.")
+@common()
+def status(config: Config, limit: int) -> None:
+    """Recent passes, pending and lag, quarantined users with the reason, destination health."""
+    from syncer.report import status_report
+
+    status_report(Console(), commands.status(config, limit=limit))
+
+
+@main.command()
+@common()
+def migrate(config: Config) -> None:
+    """Create or upgrade the state schema (also done at every start)."""
+    where = commands.migrate(config)
+    click.echo(f"state schema is up to date in {where}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8089, show_default=True, type=int)
+@click.option("--error-rate", default=0.0, type=float, help="Share of requests answered 500.")
+@click.option("--latency", default=0.0, type=float, help="Seconds added to every answer.")
+@common(needs_config=False)
+def sandbox(host: str, port: int, error_rate: float, latency: float) -> None:
+    """A local stand-in for both APIs, validating requests as documented, to try a config."""
+    from syncer.sandbox import Faults, SandboxConfig, serve
+
+    serve(host, port, SandboxConfig(), Faults(error_rate=error_rate, latency_seconds=latency),
+          click.echo)
+
+
+@main.command()
+@click.option("--users", default=3000, show_default=True, help="Sample users to create.")
+@click.option("--keep", type=click.Path(file_okay=False), default=None,
+              help="Keep the demo's files (app DB, state, config) in this directory.")
+@common(needs_config=False, default_level="warning")
+def demo(users: int, keep: str | None) -> None:
+    """Everything on embedded defaults: a SQLite app DB with sample users and the sandbox."""
+    from syncer.demo import run_demo
+
+    sys.exit(run_demo(users=users, keep=keep))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,376 @@
+"""Delivery: batches per endpoint, under the endpoint's rate limit, with enough requests in flight
+to use the whole limit when the API is slow.
+
+* Urgent operations (deletions, withdrawals, consent withdrawals) go before normal ones.
+* 5xx, timeouts and dropped connections are retried with capped exponential backoff and jitter;
+  429 pauses the endpoint for ``Retry-After``. What still fails stays *pending*: never recorded as
+  delivered, tried again next pass.
+* A 400 on a batch is narrowed down by splitting the batch until the users that cause it are
+  found; those are quarantined with the server's reason, the rest land.
+* Refused credentials stop that destination at once (the others go on); nachocode's "not enabled"
+  holds withdrawals back.
+
+Every operation ends in exactly one :class:`Outcome`, handed to ``on_outcome``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+import structlog
+
+from syncer.destinations import Sender, send
+from syncer.errors import (
+    CredentialsRejected,
+    DeliveryError,
+    HeldBack,
+    RateLimited,
+    RejectedError,
+    RetriableError,
+)
+from syncer.model import URGENT, Endpoint, Op, Outcome, Status
+from syncer.ratelimit import AsyncRateLimiter, Pacer
+from syncer.retry import RetryPolicy
+
+log = structlog.get_logger("syncer.deliver")
+
+
+class Observer(Protocol):
+    """What delivery reports as it goes (metrics implement this)."""
+
+    def request(self, endpoint: Endpoint, status: str, seconds: float, size: int) -> None: ...
+
+    def retry(self, endpoint: Endpoint, reason: str) -> None: ...
+
+    def throttled(self, endpoint: Endpoint, seconds: float) -> None: ...
+
+
+class NullObserver:
+    def request(self, endpoint: Endpoint, status: str, seconds: float, size: int) -> None:
+        pass
+
+    def retry(self, endpoint: Endpoint, reason: str) -> None:
+        pass
+
+    def throttled(self, endpoint: Endpoint, seconds: float) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class Batch:
+    ops: list[Op]
+    priority: int
+    attempts: int = 0
+    throttled: int = 0
+
+
+@dataclass(slots=True)
+class _Lane:
+    sender: Sender
+    limiter: AsyncRateLimiter
+    slots: asyncio.Semaphore
+    urgent: deque[Op] = field(default_factory=deque)
+    normal: deque[Op] = field(default_factory=deque)
+    ready: list[tuple[int, int, Batch]] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    blocked: str | None = None
+    requests: int = 0
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.sender.endpoint
+
+    def queued(self) -> int:
+        return len(self.urgent) + len(self.normal) + sum(len(b.ops) for _, _, b in self.ready)
+
+
+class Deliverer:
+    """Runs the workers of every endpoint for one pass (use as an async context manager)."""
+
+    def __init__(self, senders: Sequence[Sender], client: httpx.AsyncClient, policy: RetryPolicy,
+                 on_outcome: Callable[[Outcome], None], *,
+                 timeouts: dict[Endpoint, float] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 rng: random.Random | None = None,
+                 observer: Observer | None = None) -> None:
+        self.client = client
+        self.policy = policy
+        self.on_outcome = on_outcome
+        self.timeouts = timeouts or {}
+        self._clock = clock
+        self._wall = wall
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self.observer: Observer = observer or NullObserver()
+        self.lanes: dict[Endpoint, _Lane] = {}
+        for sender in senders:
+            limiter = AsyncRateLimiter(Pacer.for_rate(sender.rate), clock, sleep)
+            self.lanes[sender.endpoint] = _Lane(sender, limiter,
+                                                asyncio.Semaphore(sender.max_in_flight))
+        self.credentials: dict[str, str] = {}  # destination -> why its keys were refused
+        self.held: dict[Endpoint, str] = {}
+        self._outstanding = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._progress = asyncio.Event()
+        self._closing = False
+        self._accepting = True
+        self.feeding = False  # set by the producer while it still submits operations
+        self._seq = itertools.count()
+        self._workers: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle
+
+    async def __aenter__(self) -> Deliverer:
+        self._workers = [asyncio.create_task(self._worker(lane), name=f"deliver:{ep}")
+                         for ep, lane in self.lanes.items()]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closing = True
+        self.feeding = False
+        for lane in self.lanes.values():
+            lane.wake.set()
+        if exc[0] is not None:
+            for task in [*self._workers, *self._tasks, *self._waiting]:
+                task.cancel()
+        await asyncio.gather(*self._workers, *self._tasks, *self._waiting,
+                             return_exceptions=True)
+
+    # -- feeding
+
+    def submit(self, ops: Iterable[Op]) -> None:
+        """Queue operations; each ends in one outcome. Operations for an endpoint without a
+        sender, or after :meth:`stop_accepting`, are pending at once."""
+        for op in ops:
+            lane = self.lanes.get(op.endpoint)
+            self._outstanding += 1
+            self._idle.clear()
+            if lane is None or not self._accepting:
+                self._resolve([op], Status.PENDING, "not sent: the pass is stopping"
+                              if lane is not None else f"{op.endpoint} is not configured")
+                continue
+            if lane.blocked is not None:
+                self._resolve([op], Status.PENDING, lane.blocked)
+                continue
+            (lane.urgent if op.priority == URGENT else lane.normal).append(op)
+            lane.wake.set()
+
+    def queued(self) -> int:
+        return sum(lane.queued() for lane in self.lanes.values())
+
+    @property
+    def outstanding(self) -> int:
+        return self._outstanding
+
+    async def wait_below(self, limit: int) -> None:
+        """Backpressure: return once fewer than ``limit`` operations are waiting or in flight."""
+        while self._outstanding >= limit:
+            self._progress.clear()
+            await self._progress.wait()
+
+    async def drain(self) -> None:
+        """Wait until every submitted operation has an outcome."""
+        await self._idle.wait()
+
+    def stop_accepting(self, reason: str = "not sent: the pass is stopping") -> None:
+        """Graceful stop: what is queued, waiting for a slot or for a retry becomes pending;
+        requests in flight finish (or time out) and are recorded as usual."""
+        if not self._accepting:
+            return
+        self._accepting = False
+        for lane in self.lanes.values():
+            self._drop_queue(lane, reason)
+        for task in [*self._workers, *self._waiting]:
+            task.cancel()
+
+    # -- internals
+
+    def _resolve(self, ops: Sequence[Op], status: Status, reason: str = "") -> None:
+        for op in ops:
+            self.on_outcome(Outcome(op, status, reason))
+        self._outstanding -= len(ops)
+        self._progress.set()
+        if self._outstanding <= 0:
+            self._outstanding = 0
+            self._idle.set()
+
+    def _drop_queue(self, lane: _Lane, reason: str) -> None:
+        ops = [*lane.urgent, *lane.normal, *(op for _, _, b in lane.ready for op in b.ops)]
+        lane.urgent.clear()
+        lane.normal.clear()
+        lane.ready.clear()
+        if ops:
+            self._resolve(ops, Status.PENDING, reason)
+
+    def _block(self, lanes: Iterable[_Lane], reason: str) -> None:
+        for lane in lanes:
+            if lane.blocked is None:
+                lane.blocked = reason
+            self._drop_queue(lane, reason)
+
+    def _take(self, lane: _Lane) -> Batch | None:
+        """The next batch: a retry or split first (unless urgent work waits), then urgent
+        operations topped up with normal ones. While operations are still being fed, a batch
+        with no urgent operation in it only leaves full, so a pass makes no needless calls."""
+        best_ready = lane.ready[0][0] if lane.ready else None
+        if best_ready is not None and (best_ready <= URGENT or not lane.urgent):
+            return heapq.heappop(lane.ready)[2]
+        size = lane.sender.batch_size
+        if not lane.urgent and (not lane.normal or (self.feeding and len(lane.normal) < size)):
+            return None
+        ops = [lane.urgent.popleft() for _ in range(min(size, len(lane.urgent)))]
+        priority = URGENT if ops else URGENT + 1
+        ops += [lane.normal.popleft() for _ in range(min(size - len(ops), len(lane.normal)))]
+        return Batch(ops, priority)
+
+    def feeding_done(self) -> None:
+        """No more operations will be submitted: partial batches may leave now."""
+        self.feeding = False
+        for lane in self.lanes.values():
+            lane.wake.set()
+
+    async def _worker(self, lane: _Lane) -> None:
+        while True:
+            batch = self._take(lane)
+            if batch is None:
+                if self._closing or not self._accepting:
+                    return
+                lane.wake.clear()
+                await lane.wake.wait()
+                continue
+            if lane.blocked is not None:
+                self._resolve(batch.ops, Status.PENDING, lane.blocked)
+                continue
+            try:
+                await lane.slots.acquire()
+            except asyncio.CancelledError:
+                self._resolve(batch.ops, Status.PENDING, "not sent: the pass is stopping")
+                raise
+            try:
+                before = self._clock()
+                await lane.limiter.acquire()
+                waited = self._clock() - before
+                if waited > 0.001:
+                    self.observer.throttled(lane.endpoint, waited)
+            except BaseException:
+                lane.slots.release()
+                self._resolve(batch.ops, Status.PENDING, "not sent: the pass is stopping")
+                raise
+            if lane.blocked is not None or not self._accepting:
+                lane.slots.release()
+                self._resolve(batch.ops, Status.PENDING,
+                              lane.blocked or "not sent: the pass is stopping")
+                continue
+            task = asyncio.create_task(self._send(lane, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, lane: _Lane, batch: Batch) -> None:
+        endpoint = lane.endpoint
+        try:
+            request = lane.sender.build(batch.ops)
+            started = self._clock()
+            lane.requests += 1
+            error: DeliveryError | None
+            try:
+                answer = await send(self.client, request, self.timeouts.get(endpoint, 10.0))
+                error = lane.sender.classify(answer, self._wall())
+                status = str(answer.status)
+            except RetriableError as exc:
+                error, status = exc, "error"
+            self.observer.request(endpoint, status, self._clock() - started, len(batch.ops))
+            log.debug("delivery.request", endpoint=str(endpoint), status=status,
+                      size=len(batch.ops), attempt=batch.attempts + 1)
+            if error is None:
+                self._resolve(batch.ops, Status.DELIVERED)
+            else:
+                self._failed(lane, batch, error)
+        except asyncio.CancelledError:
+            self._resolve(batch.ops, Status.PENDING, "not sent: the pass was cancelled")
+            raise
+        except Exception as exc:  # a bug must not lose operations: they stay pending
+            log.exception("delivery.unexpected_error", endpoint=str(endpoint))
+            self._resolve(batch.ops, Status.PENDING, f"unexpected error: {type(exc).__name__}")
+        finally:
+            lane.slots.release()
+
+    def _failed(self, lane: _Lane, batch: Batch, error: DeliveryError) -> None:
+        endpoint = lane.endpoint
+        if isinstance(error, CredentialsRejected):
+            dest = endpoint.destination
+            if dest not in self.credentials:
+                log.error("delivery.credentials_rejected", destination=dest, reason=str(error))
+            self.credentials.setdefault(dest, str(error))
+            self._resolve(batch.ops, Status.PENDING, str(error))
+            self._block([ln for ep, ln in self.lanes.items() if ep.destination == dest],
+                        str(error))
+        elif isinstance(error, HeldBack):
+            if endpoint not in self.held:
+                log.warning("delivery.held_back", endpoint=str(endpoint), reason=str(error))
+            self.held.setdefault(endpoint, str(error))
+            self._resolve(batch.ops, Status.PENDING, str(error))
+            self._block([lane], str(error))
+        elif isinstance(error, RejectedError):
+            if len(batch.ops) == 1:
+                log.warning("delivery.quarantined", endpoint=str(endpoint),
+                            user_id=batch.ops[0].user_id, reason=str(error))
+                self._resolve(batch.ops, Status.QUARANTINED, str(error))
+            else:
+                half = len(batch.ops) // 2
+                self.observer.retry(endpoint, "split")
+                for part in (batch.ops[:half], batch.ops[half:]):
+                    self._ready(lane, Batch(list(part), batch.priority))
+        elif isinstance(error, RateLimited):
+            batch.throttled += 1
+            wait = self.policy.wait_for(error.retry_after, batch.throttled, self._rng)
+            lane.limiter.pause_until(self._clock() + wait)
+            self.observer.retry(endpoint, "429" if "429" in str(error) else "retry-after")
+            if batch.throttled > self.policy.max_attempts * 3:
+                self._resolve(batch.ops, Status.PENDING, str(error))
+            else:
+                log.info("delivery.throttled", endpoint=str(endpoint), wait=round(wait, 3))
+                self._ready(lane, batch)
+        else:
+            batch.attempts += 1
+            self.observer.retry(endpoint, "error")
+            if batch.attempts >= self.policy.max_attempts:
+                log.warning("delivery.gave_up", endpoint=str(endpoint), size=len(batch.ops),
+                            attempts=batch.attempts, reason=str(error))
+                self._resolve(batch.ops, Status.PENDING, str(error))
+                return
+            delay = self.policy.backoff(batch.attempts, self._rng)
+            log.info("delivery.retry", endpoint=str(endpoint), size=len(batch.ops),
+                     attempt=batch.attempts, delay=round(delay, 3), reason=str(error))
+            task = asyncio.create_task(self._later(lane, batch, delay))
+            self._waiting.add(task)
+            task.add_done_callback(self._waiting.discard)
+
+    def _ready(self, lane: _Lane, batch: Batch) -> None:
+        if lane.blocked is not None or not self._accepting:
+            self._resolve(batch.ops, Status.PENDING,
+                          lane.blocked or "not sent: the pass is stopping")
+            return
+        heapq.heappush(lane.ready, (batch.priority, next(self._seq), batch))
+        lane.wake.set()
+
+    async def _later(self, lane: _Lane, batch: Batch, delay: float) -> None:
+        try:
+            await self._sleep(delay)
+        except asyncio.CancelledError:
+            self._resolve(batch.ops, Status.PENDING, "not sent: the pass was cancelled")
+            raise
+        self._ready(lane, batch)

@@ -1,0 +1,73 @@
+"""nachocode: withdraw a deleted user (one user a call), so its push tokens and consents go."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Final
+
+from syncer.config import NachocodeConfig
+from syncer.destinations import Answer, Request, encode, message_of, transient
+from syncer.errors import CredentialsRejected, DeliveryError, HeldBack, RejectedError
+from syncer.model import Endpoint, Op
+
+WHO: Final = "nachocode"
+ALREADY_WITHDRAWN: Final = "ERR-AB-ACS-22"
+NOT_ENABLED: Final = "ERR-AB-ACS-21"
+# Codes about the keys themselves (documented): missing secret, bad secret, missing API key,
+# unknown API key, invalid API key type. No retry can fix them.
+KEY_ERRORS: Final = frozenset({"ERR-AB-SGK-11", "ERR-AB-SGK-13", "ERR-AB-KSY-11",
+                               "ERR-AB-KSY-13", "ERR-AB-AGK-11", "ERR-AB-AGK-12"})
+
+
+def _code(body: bytes) -> str | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    code = data.get("code") if isinstance(data, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def classify(answer: Answer, now_epoch: float) -> DeliveryError | None:
+    code = _code(answer.body)
+    if 200 <= answer.status < 300:
+        return None
+    if answer.status == 410:  # already withdrawn: what we wanted
+        return None
+    if code in KEY_ERRORS or answer.status in (401, 404):
+        return CredentialsRejected(
+            f"nachocode refused the keys ({answer.status} {code or 'no code'}): check "
+            "[nachocode] api_key and secret_key" + (" and base_url" if code is None else ""))
+    if answer.status == 403:
+        return HeldBack(
+            f"nachocode cannot withdraw users for this app (403 {code or 'no code'}): the app "
+            "user API needs a business membership; ask nachocode to enable it. Withdrawals are "
+            "kept and sent once it is enabled.")
+    found = transient(answer, now_epoch, WHO)
+    if found is not None:
+        return found
+    return RejectedError(f"nachocode answered {answer.status}: {message_of(answer.body)}")
+
+
+class NachocodeWithdraw:
+    endpoint = Endpoint.NACHOCODE_WITHDRAW
+    batch_size = 1
+
+    def __init__(self, config: NachocodeConfig) -> None:
+        self.config = config
+        self.rate = config.rate
+        self.max_in_flight = config.max_in_flight or max(2, int(config.rate))
+        self.url = f"{config.base_url}/api/app-user/v2"
+        self.headers = {
+            "x-api-key": config.api_key.reveal(),
+            "x-secret-key": config.secret_key.reveal(),
+            "Content-Type": "application/json",
+        }
+
+    def build(self, ops: Sequence[Op]) -> Request:
+        (op,) = ops
+        return Request(self.config.method, self.url, self.headers, encode({"userId": op.user_id}))
+
+    def classify(self, answer: Answer, now_epoch: float) -> DeliveryError | None:
+        return classify(answer, now_epoch)

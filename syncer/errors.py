@@ -1,0 +1,89 @@
+"""Errors, named by what the caller should do about them.
+
+    SyncerError                         anything syncer raises on purpose
+    ├── ConfigError                     bad config or usage: fix the file, exit 2
+    ├── SourceError                     the source database failed: retry the pass later
+    ├── StateError                      the state database failed: retry the pass later
+    ├── SafetyValveTripped              too many deletions in one pass: a person decides
+    │                                   (``syncer once --confirm``), exit 1
+    └── DeliveryError                   a destination did not take a request
+        ├── RetriableError              5xx, timeout, dropped connection: back off and try again
+        │   └── RateLimited             429: wait ``retry_after`` seconds, then try again
+        ├── RejectedError               400: the request carries something the API refuses;
+        │                               narrow the batch down and quarantine the users that cause it
+        ├── HeldBack                    the destination cannot take this kind of request now
+        │                               (nachocode 403 ERR-AB-ACS-21): keep it pending, report it
+        └── CredentialsRejected         401/404 on the keys: stop that destination, exit 3
+
+Foreign exceptions (httpx, SQLAlchemy, psycopg) are translated where they are caught, with
+``raise ... from exc``; nothing above a destination or a database port sees them.
+Messages name the thing and the fix, and never carry personal data or secrets.
+"""
+
+from __future__ import annotations
+
+
+class SyncerError(Exception):
+    """Base of every error syncer raises on purpose."""
+
+
+class ConfigError(SyncerError):
+    """The configuration (or the command line) is wrong. Exit code 2."""
+
+    def __init__(self, problems: list[str] | str, path: str | None = None) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.path = path
+        prefix = f"{path}: " if path else ""
+        super().__init__("\n".join(prefix + p for p in self.problems))
+
+
+class SourceError(SyncerError):
+    """The source database could not be read."""
+
+
+class StateError(SyncerError):
+    """The state database could not be read or written."""
+
+
+class SafetyValveTripped(SyncerError):
+    """A pass would delete more than the configured share of the known users."""
+
+    def __init__(self, deletions: int, known: int, fraction: float) -> None:
+        self.deletions = deletions
+        self.known = known
+        self.fraction = fraction
+        share = deletions / known if known else 1.0
+        super().__init__(
+            f"safety valve: this pass would delete {deletions} of {known} known users "
+            f"({share:.1%}, more than max_delete_fraction = {fraction:g}); nothing was sent. "
+            "Check the source (a truncated table or a wrong query?); if the deletions are "
+            "intended, run `syncer once --confirm`."
+        )
+
+
+class DeliveryError(SyncerError):
+    """A destination did not take a request."""
+
+
+class RetriableError(DeliveryError):
+    """Worth trying again after a backoff: 5xx, a timeout, a dropped connection."""
+
+
+class RateLimited(RetriableError):
+    """The destination answered 429; ``retry_after`` is how long it asked us to wait."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RejectedError(DeliveryError):
+    """The destination refused the request's content (400)."""
+
+
+class HeldBack(DeliveryError):
+    """The destination cannot take this kind of request for now; keep it pending."""
+
+
+class CredentialsRejected(DeliveryError):
+    """The destination refused our keys. Stop sending to it. Exit code 3."""

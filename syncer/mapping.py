@@ -1,0 +1,124 @@
+"""From a source row to the Blux payload, its fingerprint and its per-field tags. Pure.
+
+The fingerprint (16 bytes, keyed BLAKE2b over the canonical JSON of the payload) decides whether a
+user is sent. The field tags (2 bytes a field) only serve to *name* which fields changed in
+``syncer plan``; 16 bits cannot give a value back, so the state holds no personal data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Final
+
+from syncer import normalize
+from syncer.config import MappingConfig
+from syncer.model import BluxPayload, FieldProblem, RawRow, UserRecord
+from syncer.normalize import Invalid, JsonScalar
+
+# Bump when a normaliser changes what it produces: the database-side row hashes then no longer
+# vouch for the payloads, and the next reconcile looks at every row once (sending only real
+# changes).
+NORMALISATION_VERSION: Final = 1
+
+_PROPERTY_NORMALISERS: Final[dict[str, Callable[[object], JsonScalar]]] = {
+    "phone_number": normalize.phone_number,
+    "email_address": normalize.email_address,
+    "nighttime_notification_consent": normalize.consent,
+    "marketing_notification_consent": normalize.consent,
+    "marketing_notification_sms_consent": normalize.consent,
+    "marketing_notification_email_consent": normalize.consent,
+    "marketing_notification_kakao_consent": normalize.consent,
+    "marketing_notification_push_consent": normalize.consent,
+}
+CONSENTS: Final = frozenset(k for k, f in _PROPERTY_NORMALISERS.items() if f is normalize.consent)
+_ABSENT: Final = b"\x00\x00"
+
+
+def _canonical(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Mapping:
+    """Builds :class:`UserRecord` values from raw rows for one mapping and one state salt."""
+
+    def __init__(self, config: MappingConfig, salt: bytes) -> None:
+        self.user_properties = config.user_property_columns()
+        self.custom_properties = dict(config.custom_user_properties)
+        self.columns = config.columns()
+        self._salt = salt
+        # Field order of the tags: every mapped field by display name, sorted.
+        self.fields: tuple[str, ...] = tuple(
+            sorted([*self.user_properties, *(f"custom.{k}" for k in self.custom_properties)])
+        )
+        self._layout = hashlib.blake2b(_canonical(self.fields), digest_size=2).digest()
+
+    def signature(self) -> int:
+        """A 63-bit number naming this mapping and normalisation: seeds the database row hashes."""
+        digest = hashlib.blake2b(
+            _canonical([NORMALISATION_VERSION, sorted(self.user_properties.items()),
+                        sorted(self.custom_properties.items())]),
+            digest_size=8,
+        ).digest()
+        return int.from_bytes(digest, "big") >> 1
+
+    def record(self, row: RawRow) -> UserRecord:
+        """Raises :class:`normalize.Invalid` when the key cannot be a Blux user_id."""
+        uid = normalize.user_id(row.key)
+        if row.deleted or row.values is None:
+            return UserRecord(uid, row.key, row.row_hash, deleted=row.deleted)
+        problems: list[FieldProblem] = []
+        props = self._normalise(self.user_properties, row.values, problems, "")
+        custom = self._normalise(self.custom_properties, row.values, problems, "custom.")
+        return UserRecord(uid, row.key, row.row_hash, False, self.payload(props, custom),
+                          tuple(problems))
+
+    def _normalise(self, fields: dict[str, str], values: dict[str, object],
+                   problems: list[FieldProblem], prefix: str) -> list[tuple[str, JsonScalar]]:
+        out: list[tuple[str, JsonScalar]] = []
+        for name, column in fields.items():
+            raw = values.get(column)
+            if raw is None:
+                continue
+            normaliser = _PROPERTY_NORMALISERS.get(name, normalize.custom) if not prefix \
+                else normalize.custom
+            try:
+                out.append((name, normaliser(raw)))
+            except Invalid as exc:
+                problems.append(FieldProblem(prefix + name, str(exc)))
+        out.sort()
+        return out
+
+    def payload(self, props: list[tuple[str, JsonScalar]],
+                custom: list[tuple[str, JsonScalar]]) -> BluxPayload:
+        fingerprint = hashlib.blake2b(
+            _canonical([props, custom]), key=self._salt, digest_size=16
+        ).digest()
+        present = dict(props)
+        present.update((f"custom.{k}", v) for k, v in custom)
+        tags = bytearray(self._layout)
+        for name in self.fields:
+            if name in present:
+                tag = hashlib.blake2b(_canonical([name, present[name]]), key=self._salt,
+                                      digest_size=2).digest()
+                tags += tag if tag != _ABSENT else b"\x00\x01"
+            else:
+                tags += _ABSENT
+        return BluxPayload(tuple(props), tuple(custom), fingerprint, bytes(tags))
+
+    def changed_fields(self, old_tags: bytes | None, new: BluxPayload) -> tuple[str, ...] | None:
+        """Names of the fields that differ from what was delivered; None when it cannot tell."""
+        if old_tags is None or old_tags[:2] != self._layout or len(old_tags) != len(new.field_tags):
+            return None
+        return tuple(
+            name for i, name in enumerate(self.fields)
+            if old_tags[2 + 2 * i: 4 + 2 * i] != new.field_tags[2 + 2 * i: 4 + 2 * i]
+        )
+
+    def is_consent_withdrawal(self, changed: tuple[str, ...] | None, new: BluxPayload) -> bool:
+        """A consent that changed and is now false: it goes out before other updates."""
+        if not changed:
+            return False
+        props = dict(new.user_properties)
+        return any(name in CONSENTS and props.get(name) is False for name in changed)

@@ -1,0 +1,173 @@
+"""Value objects that flow through a pass: what the source says, what the state remembers, what to
+send, and what came of it. Frozen, slotted, no behaviour beyond small derived properties."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Final
+
+from syncer.normalize import JsonScalar
+
+BLUX: Final = "blux"
+NACHOCODE: Final = "nachocode"
+
+# What the state keeps as the fingerprint of a deletion (it has no payload).
+DELETION_FINGERPRINT: Final = b"\x00" * 16
+
+
+class KeyKind(enum.StrEnum):
+    """How source keys are ordered, so the source and the state can be merged in one order."""
+
+    INT = "int"
+    UUID = "uuid"
+    TEXT = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RawRow:
+    """One row as read from the source: its key, the database's hash of the mapped columns,
+    whether its soft-delete column is set, and the mapped column values (None when only the hash
+    was read)."""
+
+    key: object
+    row_hash: int | None
+    deleted: bool
+    values: dict[str, object] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BluxPayload:
+    user_properties: tuple[tuple[str, JsonScalar], ...]
+    custom_user_properties: tuple[tuple[str, JsonScalar], ...]
+    fingerprint: bytes
+    field_tags: bytes
+
+    def body(self, user_id: str) -> dict[str, object]:
+        entry: dict[str, object] = {"user_id": user_id}
+        if self.user_properties:
+            entry["user_properties"] = dict(self.user_properties)
+        if self.custom_user_properties:
+            entry["custom_user_properties"] = dict(self.custom_user_properties)
+        return entry
+
+    def values(self) -> dict[str, JsonScalar]:
+        """Every field by its display name (custom ones prefixed ``custom.``)."""
+        out: dict[str, JsonScalar] = dict(self.user_properties)
+        out.update((f"custom.{k}", v) for k, v in self.custom_user_properties)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """What the source says about one user now."""
+
+    user_id: str
+    source_key: object
+    row_hash: int | None
+    deleted: bool
+    payload: BluxPayload | None = None
+    problems: tuple[FieldProblem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What a destination last acknowledged for a user."""
+
+    fingerprint: bytes | None
+    field_tags: bytes | None
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    destination: str
+    fingerprint: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """What the state remembers about one user."""
+
+    user_id: str
+    row_hash: int | None = None
+    gone: bool = False
+    dirty: bool = False
+    deliveries: dict[str, Delivered] = field(default_factory=dict)
+    quarantine: dict[str, Quarantine] = field(default_factory=dict)
+
+
+class OpKind(enum.StrEnum):
+    UPSERT = "upsert"
+    DELETE = "delete"
+    WITHDRAW = "withdraw"
+
+
+class Endpoint(enum.StrEnum):
+    BLUX_UPDATE = "blux.update"
+    BLUX_DELETE = "blux.delete"
+    NACHOCODE_WITHDRAW = "nachocode.withdraw"
+
+    @property
+    def destination(self) -> str:
+        return self.value.split(".", 1)[0]
+
+
+URGENT: Final = 0
+NORMAL: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One thing to send for one user."""
+
+    endpoint: Endpoint
+    user_id: str
+    payload: BluxPayload | None = None
+    priority: int = NORMAL
+    changed_fields: tuple[str, ...] | None = None
+    reason: str = ""
+
+    @property
+    def destination(self) -> str:
+        return self.endpoint.destination
+
+    @property
+    def fingerprint(self) -> bytes:
+        return self.payload.fingerprint if self.payload else DELETION_FINGERPRINT
+
+
+class Status(enum.StrEnum):
+    DELIVERED = "delivered"
+    QUARANTINED = "quarantined"
+    PENDING = "pending"  # not delivered this pass; tried again next pass
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    op: Op
+    status: Status
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UserWrite:
+    """Everything a pass writes to the state for one user, once all its operations are settled."""
+
+    user_id: str
+    key_int: int | None
+    source_key: str | None
+    row_hash: int | None
+    gone: bool
+    dirty: bool
+    deliveries: dict[str, Delivered | None] = field(default_factory=dict)  # None: forget
+    quarantine_set: tuple[Quarantine, ...] = ()
+    quarantine_clear: tuple[str, ...] = ()
+    problems: tuple[FieldProblem, ...] | None = None

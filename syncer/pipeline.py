@@ -1,0 +1,484 @@
+"""One pass: capture → read rows → map and normalise → diff against the state → deliver → record.
+
+This is the only module that wires the others together; the CLI and the daemon only call
+:func:`run_pass` (or :func:`plan_pass`) with a :class:`Runtime`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import math
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+import httpx
+import structlog
+
+from syncer import __version__, diff, normalize
+from syncer.capture import Candidates, Capture, CaptureContext
+from syncer.capture.snapshot import SnapshotCapture
+from syncer.config import Config
+from syncer.deliver import Deliverer, NullObserver, Observer
+from syncer.destinations import Sender
+from syncer.destinations.blux import BluxDelete, BluxUpdate
+from syncer.destinations.nachocode import NachocodeWithdraw
+from syncer.errors import ConfigError, SafetyValveTripped, SyncerError
+from syncer.mapping import Mapping
+from syncer.model import (
+    BLUX,
+    NACHOCODE,
+    Endpoint,
+    KeyKind,
+    Op,
+    Outcome,
+    Status,
+    UserRecord,
+    UserState,
+    UserWrite,
+)
+from syncer.normalize import Invalid
+from syncer.retry import RetryPolicy
+from syncer.source import Source
+from syncer.state import StateStore
+from syncer.state.sql import SqlStateStore
+
+log = structlog.get_logger("syncer.pipeline")
+
+T = TypeVar("T")
+Progress = Callable[[str, int, int | None], None]
+
+_WRITE_BATCH: Final = 2000
+_SAMPLE: Final = 20
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def build_senders(config: Config) -> list[Sender]:
+    senders: list[Sender] = []
+    if config.blux:
+        senders += [BluxUpdate(config.blux), BluxDelete(config.blux)]
+    if config.nachocode:
+        senders.append(NachocodeWithdraw(config.nachocode))
+    return senders
+
+
+class Runtime:
+    """What passes share for the life of a process: the config, the source, the state, the mapping,
+    the captures. Open once, run many passes, close."""
+
+    def __init__(self, config: Config, *, state: StateStore | None = None,
+                 source: Source | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 sleep: Callable[[float], Awaitable[None]] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 observer: Observer | None = None,
+                 instance: str | None = None) -> None:
+        self.config = config
+        self.state: StateStore = state or SqlStateStore.from_url(config.state.url)
+        self.mapping = Mapping(config.mapping, self.state.salt())
+        self.source = source or Source(config.source, config.capture, self.mapping.columns,
+                                       self.mapping.signature())
+        self.senders = build_senders(config)
+        self.destinations = frozenset(s.endpoint.destination for s in self.senders)
+        self.transport = transport
+        self.sleep = sleep
+        self.clock = clock
+        self.observer: Observer = observer or NullObserver()
+        self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
+        self.policy = RetryPolicy(config.delivery.max_attempts,
+                                  config.delivery.backoff_initial_seconds,
+                                  config.delivery.backoff_max_seconds,
+                                  config.delivery.retry_after_max_seconds)
+        self._source_pool = ThreadPoolExecutor(1, thread_name_prefix="syncer-source")
+        self._state_pool = ThreadPoolExecutor(1, thread_name_prefix="syncer-state")
+        self.last_credentials: dict[str, str] = {}
+
+    @property
+    def ctx(self) -> CaptureContext:
+        return CaptureContext(self.source, self.state, self.mapping)
+
+    def capture(self, reconcile: bool) -> Capture:
+        mode = self.config.capture.mode
+        if reconcile or mode == "snapshot":
+            return SnapshotCapture()
+        raise ConfigError(f"[capture] mode = {mode!r} is not available in this version yet; "
+                          "use mode = \"snapshot\"")
+
+    def check(self) -> None:
+        """Fail fast on a source that cannot serve this config (missing table or columns)."""
+        self.source.check()
+
+    async def in_source(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._source_pool, fn, *args)
+
+    async def in_state(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._state_pool, fn, *args)
+
+    def timeouts(self) -> dict[Endpoint, float]:
+        out: dict[Endpoint, float] = {}
+        if self.config.blux:
+            out[Endpoint.BLUX_UPDATE] = out[Endpoint.BLUX_DELETE] = self.config.blux.timeout_seconds
+        if self.config.nachocode:
+            out[Endpoint.NACHOCODE_WITHDRAW] = self.config.nachocode.timeout_seconds
+        return out
+
+    def http_client(self) -> httpx.AsyncClient:
+        flights = sum(s.max_in_flight for s in self.senders) + 4
+        return httpx.AsyncClient(
+            transport=self.transport,
+            limits=httpx.Limits(max_connections=flights, max_keepalive_connections=flights),
+            headers={"User-Agent": f"syncer/{__version__}"},
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self._source_pool.shutdown(wait=False, cancel_futures=True)
+        self._state_pool.shutdown(wait=False, cancel_futures=True)
+        self.source.close()
+        self.state.close()
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    user_id: str
+    endpoint: str
+    reason: str
+    fields: dict[str, object]  # field -> new value (plan output only; never logged)
+
+
+@dataclass(slots=True)
+class Plan:
+    ops: Counter[str] = field(default_factory=Counter)
+    samples: list[Sample] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    known_users: int = 0
+    known_deletions: int = 0
+    valve_limit: float = 0.0
+    position: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def estimated_seconds(self) -> float:
+        return max(self.seconds.values(), default=0.0)
+
+    @property
+    def valve_trips(self) -> bool:
+        return self.known_deletions > self.valve_limit
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    pass_id: int | None
+    kind: str
+    mode: str
+    outcome: str  # ok | partial | valve | credentials | stopped | failed | dry-run
+    counts: dict[str, int]
+    credentials: dict[str, str] = field(default_factory=dict)
+    held: dict[str, str] = field(default_factory=dict)
+    message: str | None = None
+    seconds: float = 0.0
+    plan: Plan | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.outcome == "credentials":
+            return 3
+        if self.outcome in ("ok", "dry-run"):
+            return 0
+        return 1
+
+
+# ----------------------------------------------------------------------------- the pass
+
+
+@dataclass(slots=True)
+class _Work:
+    record: UserRecord
+    state: UserState | None
+    key_int: int | None
+    source_key: str | None
+    ops: list[Op]
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+class _Pass:
+    def __init__(self, rt: Runtime, *, reconcile: bool, confirm: bool, dry_run: bool,
+                 stop: threading.Event | None, progress: Progress | None) -> None:
+        self.rt = rt
+        self.reconcile = reconcile
+        self.confirm = confirm
+        self.dry_run = dry_run
+        self.stop = stop or threading.Event()
+        self.progress = progress
+        self.counts: Counter[str] = Counter()
+        self.writes: list[UserWrite] = []
+        self.tracking: dict[str, _Work] = {}
+        self.plan = Plan()
+        self.deliverer: Deliverer | None = None
+        self.capture = rt.capture(reconcile)
+        self.kind = "reconcile" if isinstance(self.capture, SnapshotCapture) else "incremental"
+        self.key_kind: KeyKind = KeyKind.TEXT
+
+    # -- results of deliveries
+
+    def on_outcome(self, outcome: Outcome) -> None:
+        op = outcome.op
+        work = self.tracking[op.user_id]
+        work.outcomes.append(outcome)
+        if outcome.status is Status.DELIVERED:
+            self.counts[{Endpoint.BLUX_UPDATE: "updated", Endpoint.BLUX_DELETE: "deleted",
+                         Endpoint.NACHOCODE_WITHDRAW: "withdrawn"}[op.endpoint]] += 1
+        elif outcome.status is Status.QUARANTINED:
+            self.counts["quarantined"] += 1
+        else:
+            self.counts["pending"] += 1
+            self.counts[f"pending:{op.endpoint}"] += 1
+        if len(work.outcomes) == len(work.ops):
+            del self.tracking[op.user_id]
+            self.writes.append(diff.settle(work.record, work.state, work.outcomes,
+                                           work.key_int, work.source_key))
+
+    # -- reading and diffing (worker thread)
+
+    def examine(self, keys: Sequence[object]) -> list[_Work]:
+        rt = self.rt
+        records: dict[str, UserRecord] = {}
+        for raw in rt.source.read(keys):
+            try:
+                record = rt.mapping.record(raw)
+            except Invalid as exc:
+                self._invalid_key(raw.key, str(exc))
+                continue
+            if record.user_id in records:
+                self._invalid_key(raw.key, "two rows have this key once trimmed")
+                continue
+            records[record.user_id] = record
+        for key in keys:
+            try:
+                uid = normalize.user_id(key)
+            except Invalid:
+                continue
+            if uid not in records:
+                records[uid] = UserRecord(uid, key, None, deleted=True)
+        states = rt.state.lookup(list(records))
+        out: list[_Work] = []
+        for uid, record in records.items():
+            state = states.get(uid)
+            ops = diff.operations(record, state, rt.mapping, rt.destinations)
+            key = record.source_key
+            key_int = key if self.key_kind is KeyKind.INT and type(key) is int else None
+            text = key if isinstance(key, str) else None
+            out.append(_Work(record, state, key_int, text if text != uid else None, ops))
+            if record.problems:
+                self.counts["field_problems"] += len(record.problems)
+                for problem in record.problems:
+                    self.counts[f"problem:{problem.field}"] += 1
+                    log.debug("mapping.field_problem", user_id=uid, field=problem.field,
+                              reason=problem.reason)
+        return out
+
+    def _invalid_key(self, key: object, reason: str) -> None:
+        self.counts["invalid_keys"] += 1
+        log.warning("source.invalid_key", key=repr(key)[:64], reason=reason)
+
+    # -- the flow
+
+    def segments(self, found: Candidates) -> Iterator[list[object]]:
+        """Deletions first, then changes, in chunks of ``[source] chunk_size`` keys."""
+        size = self.rt.config.source.chunk_size
+        keys = itertools.chain(found.absent, found.deleted, found.changed)
+        while chunk := list(itertools.islice(keys, size)):
+            yield chunk
+
+    async def run(self) -> PassResult:
+        rt = self.rt
+        started = time.monotonic()
+        pass_id = None
+        if not self.dry_run:
+            pass_id = await rt.in_state(rt.state.start_pass, self.kind, rt.config.capture.mode,
+                                        utcnow(), rt.instance)
+        log.info("pass.started", kind=self.kind, mode=rt.config.capture.mode, pass_id=pass_id)
+        try:
+            outcome, message = await self._run()
+        except SafetyValveTripped as exc:
+            outcome, message = "valve", str(exc)
+            log.error("pass.safety_valve", deletions=exc.deletions, known=exc.known,
+                      fraction=exc.fraction)
+        except SyncerError as exc:
+            outcome, message = "failed", str(exc)
+            log.error("pass.failed", error=str(exc))
+        except BaseException as exc:
+            if pass_id is not None:
+                await asyncio.shield(rt.in_state(rt.state.finish_pass, pass_id, "failed",
+                                                 self._counts(), type(exc).__name__, utcnow()))
+            raise
+        credentials = dict(self.deliverer.credentials) if self.deliverer else {}
+        held = {str(k): v for k, v in self.deliverer.held.items()} if self.deliverer else {}
+        rt.last_credentials = credentials
+        counts = self._counts()
+        if pass_id is not None:
+            await rt.in_state(rt.state.finish_pass, pass_id, outcome, counts, message, utcnow())
+        seconds = time.monotonic() - started
+        log.info("pass.completed", kind=self.kind, mode=rt.config.capture.mode, outcome=outcome,
+                 seconds=round(seconds, 3), pass_id=pass_id,
+                 **{k: v for k, v in counts.items() if ":" not in k})
+        return PassResult(pass_id, self.kind, rt.config.capture.mode, outcome, counts,
+                          credentials, held, message, seconds, self.plan if self.dry_run else None)
+
+    def _counts(self) -> dict[str, int]:
+        counts = {k: v for k, v in self.counts.items() if v}
+        if self.deliverer:
+            for ep, lane in self.deliverer.lanes.items():
+                if lane.requests:
+                    counts[f"requests:{ep}"] = lane.requests
+            for dest in self.deliverer.credentials:
+                counts[f"credentials:{dest}"] = 1
+            for ep in self.deliverer.held:
+                counts[f"held:{ep}"] = 1
+        return counts
+
+    async def _run(self) -> tuple[str, str | None]:
+        rt = self.rt
+        self.key_kind = await rt.in_source(rt.source.key_kind)
+        self._progress("capture", 0, None)
+        found: Candidates = await rt.in_source(self.capture.collect, rt.ctx)
+        self.counts["scanned"] = found.scanned
+        self.counts["candidates"] = found.total
+        for key, reason in found.invalid:
+            self._invalid_key(key, reason)
+        known = await rt.in_state(rt.state.known_users)
+        fraction = rt.config.capture.max_delete_fraction
+        limit = max(float(rt.config.capture.max_delete_floor), fraction * known)
+        self.plan.known_users, self.plan.known_deletions = known, found.known_deletions
+        self.plan.valve_limit, self.plan.position = limit, dict(found.position)
+        if found.known_deletions > limit and not self.confirm and not self.dry_run:
+            raise SafetyValveTripped(found.known_deletions, known, fraction)
+        if self.dry_run:
+            await self._plan(found)
+            return "dry-run", None
+        async with rt.http_client() as client, Deliverer(
+            rt.senders, client, rt.policy, self.on_outcome, timeouts=rt.timeouts(),
+            clock=rt.clock, sleep=rt.sleep or asyncio.sleep, observer=rt.observer,
+        ) as deliverer:
+            self.deliverer = deliverer
+            watcher = asyncio.create_task(self._watch_stop())
+            try:
+                deliverer.feeding = True
+                try:
+                    await self._feed(found)
+                finally:
+                    deliverer.feeding_done()
+                await deliverer.drain()
+            finally:
+                watcher.cancel()
+        await self._flush()
+        stopped = self.stop.is_set()
+        if found.commit is not None and not stopped:
+            await rt.in_source(found.commit)
+        if deliverer.credentials:
+            return "credentials", "; ".join(deliverer.credentials.values())
+        if stopped:
+            return "stopped", "stopped before the pass finished; the rest is sent next pass"
+        if self.counts["pending"] or self.counts["quarantined"] or self.counts["invalid_keys"]:
+            held = "; ".join(deliverer.held.values())
+            return "partial", held or None
+        return "ok", None
+
+    async def _watch_stop(self) -> None:
+        while not self.stop.is_set():
+            await asyncio.sleep(0.1)
+        if self.deliverer is not None:
+            self.deliverer.stop_accepting()
+
+    async def _feed(self, found: Candidates) -> None:
+        rt = self.rt
+        assert self.deliverer is not None
+        size = rt.config.source.chunk_size
+        done = 0
+        for keys in self.segments(found):
+            if self.stop.is_set():
+                break
+            for work in await rt.in_source(self.examine, keys):
+                if not work.ops:
+                    self.counts["unchanged"] += 1
+                    self.writes.append(diff.settle(work.record, work.state, [], work.key_int,
+                                                   work.source_key))
+                    continue
+                self.tracking[work.record.user_id] = work
+                self.deliverer.submit(work.ops)
+            done += len(keys)
+            self._progress("deliver", done, found.total)
+            if len(self.writes) >= _WRITE_BATCH:
+                await self._flush()
+            await self.deliverer.wait_below(2 * size)
+
+    async def _flush(self) -> None:
+        if self.writes:
+            writes, self.writes = self.writes, []
+            await self.rt.in_state(self.rt.state.write, writes, utcnow())
+
+    async def _plan(self, found: Candidates) -> None:
+        rt = self.rt
+        done = 0
+        for keys in self.segments(found):
+            for work in await rt.in_source(self.examine, keys):
+                if not work.ops:
+                    self.counts["unchanged"] += 1
+                for op in work.ops:
+                    self.plan.ops[str(op.endpoint)] += 1
+                    if len(self.plan.samples) < _SAMPLE:
+                        self.plan.samples.append(_sample(op))
+            done += len(keys)
+            self._progress("plan", done, found.total)
+        for sender in rt.senders:
+            n = self.plan.ops.get(str(sender.endpoint), 0)
+            calls = math.ceil(n / sender.batch_size)
+            self.plan.calls[str(sender.endpoint)] = calls
+            self.plan.seconds[str(sender.endpoint)] = calls / sender.rate
+        for name, n in self.plan.ops.items():
+            self.counts[f"would:{name}"] = n
+
+    def _progress(self, phase: str, done: int, total: int | None) -> None:
+        if self.progress is not None:
+            self.progress(phase, done, total)
+
+
+def _sample(op: Op) -> Sample:
+    if op.payload is None:
+        return Sample(op.user_id, str(op.endpoint), op.reason, {})
+    values = op.payload.values()
+    names = op.changed_fields if op.changed_fields is not None else tuple(sorted(values))
+    return Sample(op.user_id, str(op.endpoint), op.reason,
+                  {name: values.get(name) for name in names})
+
+
+def run_pass(rt: Runtime, *, reconcile: bool = False, confirm: bool = False,
+             stop: threading.Event | None = None, progress: Progress | None = None) -> PassResult:
+    """One pass: send what changed, record what was delivered."""
+    return asyncio.run(_Pass(rt, reconcile=reconcile, confirm=confirm, dry_run=False, stop=stop,
+                             progress=progress).run())
+
+
+def plan_pass(rt: Runtime, *, reconcile: bool = False,
+              progress: Progress | None = None) -> PassResult:
+    """What a pass would send; sends and records nothing."""
+    return asyncio.run(_Pass(rt, reconcile=reconcile, confirm=False, dry_run=True, stop=None,
+                             progress=progress).run())
+
+
+__all__ = ["BLUX", "NACHOCODE", "ConfigError", "PassResult", "Plan", "Runtime", "plan_pass",
+           "run_pass"]

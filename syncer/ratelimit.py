@@ -1,0 +1,77 @@
+"""Per-endpoint rate limits, counted the way the server counts them.
+
+The documents give limits as requests per second; the strictest reading is "no window of one second
+at the server holds more than N requests". Requests are paced evenly: one every
+``(1 + margin) / rate`` seconds. Then any N + 1 consecutive requests span at least ``1 + margin``
+seconds when they leave, so the server counts at most N in any second unless the network delays
+the first of them by ``margin`` seconds more than the last. Even pacing also keeps requests from
+queueing behind each other, which is what makes arrival times bunch up. :class:`Pacer` is pure (time
+is an argument); :class:`AsyncRateLimiter` puts it in front of an endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+# Tolerated spread of network delays between requests, as a share of a second. 6% keeps 94% of the
+# documented rate in use and absorbs 60 ms of jitter.
+MARGIN: Final = 0.06
+
+
+class Pacer:
+    """At most one event every ``interval`` seconds."""
+
+    def __init__(self, interval: float) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be > 0")
+        self.interval = interval
+        self._last: float | None = None
+
+    @classmethod
+    def for_rate(cls, rate: float, margin: float = MARGIN) -> Pacer:
+        """``rate`` requests per second, with ``margin`` seconds of slack per second. A fractional
+        rate above 1 counts as its whole part: no second may hold 1.5 requests."""
+        if rate <= 0:
+            raise ValueError("rate must be > 0")
+        whole = math.floor(rate) if rate >= 1 else rate
+        return cls((1.0 + margin) / whole)
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before the next event may happen at ``now``."""
+        if self._last is None:
+            return 0.0
+        return max(0.0, self._last + self.interval - now)
+
+    def record(self, now: float) -> None:
+        self._last = now
+
+
+class AsyncRateLimiter:
+    """Hands out send slots in arrival order; ``pause_until`` honours a server's Retry-After."""
+
+    def __init__(self, pacer: Pacer, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.pacer = pacer
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = asyncio.Lock()
+        self._paused_until = 0.0
+        self.waited = 0.0  # total seconds spent waiting for a slot
+
+    def pause_until(self, when: float) -> None:
+        self._paused_until = max(self._paused_until, when)
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = self._clock()
+                wait = max(self.pacer.delay(now), self._paused_until - now)
+                if wait <= 0:
+                    break
+                self.waited += wait
+                await self._sleep(wait)
+            self.pacer.record(self._clock())

@@ -1,0 +1,129 @@
+"""How results look on a terminal (rich tables; plain text when piped)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from syncer.commands import StatusReport
+from syncer.pipeline import PassResult
+
+_COUNT_NAMES = {
+    "scanned": "rows scanned",
+    "candidates": "users examined",
+    "unchanged": "examined, nothing to send",
+    "updated": "Blux users updated",
+    "deleted": "Blux users deleted",
+    "withdrawn": "nachocode users withdrawn",
+    "quarantined": "quarantined (refused by a destination)",
+    "pending": "pending (sent next pass)",
+    "field_problems": "fields left out (could not be normalised)",
+    "invalid_keys": "rows with an invalid key",
+}
+
+
+def _ago(when: dt.datetime | None) -> str:
+    if when is None:
+        return "never"
+    seconds = (dt.datetime.now(dt.UTC).replace(tzinfo=None) - when).total_seconds()
+    if seconds < 90:
+        return f"{seconds:.0f}s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h ago"
+    return f"{seconds / 86400:.0f}d ago"
+
+
+def pass_summary(console: Console, result: PassResult) -> None:
+    head = {"ok": "[green]done[/]", "partial": "[yellow]partly done[/]",
+            "valve": "[red]stopped by the safety valve[/]",
+            "credentials": "[red]credentials rejected[/]", "stopped": "[yellow]stopped[/]",
+            "failed": "[red]failed[/]"}.get(result.outcome, result.outcome)
+    console.print(f"{result.kind} pass ({result.mode}): {head} in {result.seconds:.1f}s")
+    table = Table(show_header=False, box=None, pad_edge=False)
+    for key, name in _COUNT_NAMES.items():
+        if result.counts.get(key):
+            table.add_row(f"  {name}", str(result.counts[key]))
+    requests = {k.split(":", 1)[1]: v for k, v in result.counts.items()
+                if k.startswith("requests:")}
+    if requests:
+        table.add_row("  API requests", ", ".join(f"{k} {v}" for k, v in sorted(requests.items())))
+    if not result.counts.get("candidates"):
+        table.add_row("  nothing changed", "0 API calls")
+    console.print(table)
+    for dest, why in result.credentials.items():
+        console.print(f"[red]{dest}:[/] {escape(why)}")
+    for ep, why in result.held.items():
+        console.print(f"[yellow]{ep}:[/] {escape(why)}")
+    if result.message and result.outcome not in ("credentials",):
+        console.print(escape(result.message))
+
+
+def plan_report(console: Console, result: PassResult) -> None:
+    plan = result.plan
+    assert plan is not None
+    console.print(f"plan for a {result.kind} pass ({result.mode}); nothing is sent or recorded")
+    table = Table("endpoint", "users", "calls", "time at the rate limit")
+    for endpoint in sorted(set(plan.calls) | set(plan.ops)):
+        table.add_row(endpoint, str(plan.ops.get(endpoint, 0)), str(plan.calls.get(endpoint, 0)),
+                      f"{plan.seconds.get(endpoint, 0.0):.1f}s")
+    console.print(table)
+    console.print(f"examined {result.counts.get('candidates', 0)} users, "
+                  f"{result.counts.get('unchanged', 0)} with nothing to send; "
+                  f"estimated time {plan.estimated_seconds:.1f}s (endpoints run in parallel)")
+    verdict = "[red]would trip[/]" if plan.valve_trips else "[green]ok[/]"
+    console.print(f"deletions of known users: {plan.known_deletions} of {plan.known_users} "
+                  f"(safety valve allows {plan.valve_limit:.0f}): {verdict}")
+    if plan.position:
+        console.print("capture position: " + escape(json.dumps(plan.position, default=str)))
+    if plan.samples:
+        sample = Table("user", "endpoint", "why", "fields (new values)", title="sample")
+        for s in plan.samples:
+            fields = ", ".join(f"{k}={v!r}" for k, v in s.fields.items()) or "-"
+            sample.add_row(escape(s.user_id), s.endpoint, s.reason, escape(fields))
+        console.print(sample)
+    problems = {k.split(":", 1)[1]: v for k, v in result.counts.items()
+                if k.startswith("problem:")}
+    if problems:
+        console.print("fields that cannot be normalised (left out): " +
+                      ", ".join(f"{k} {v}" for k, v in sorted(problems.items())))
+
+
+def status_report(console: Console, report: StatusReport) -> None:
+    c = report.counts
+    console.print(f"known users {c.known}, deleted {c.gone}, pending {c.dirty}; "
+                  f"last successful pass {_ago(report.last_success)}")
+    health = Table("destination", "health", "users delivered", "quarantined")
+    for dest, state in report.destinations.items():
+        health.add_row(dest, state, str(c.delivered.get(dest, 0)),
+                       str(c.quarantined.get(dest, 0)))
+    console.print(health)
+    if report.position:
+        console.print("capture position: " + escape(json.dumps(report.position, default=str)))
+    passes = Table("#", "started", "kind", "outcome", "seconds", "sent", "message",
+                   title="recent passes")
+    for p in report.passes:
+        took = f"{(p.finished_at - p.started_at).total_seconds():.1f}" if p.finished_at else "-"
+        sent = ", ".join(f"{k} {p.counts[k]}" for k in ("updated", "deleted", "withdrawn",
+                                                        "quarantined", "pending")
+                         if p.counts.get(k))
+        passes.add_row(str(p.id), f"{p.started_at:%Y-%m-%d %H:%M:%S}", p.kind, p.outcome, took,
+                       sent or "-", escape((p.message or "")[:80]))
+    console.print(passes)
+    if report.quarantined:
+        q = Table("destination", "user", "since", "attempts", "reason", title="quarantined")
+        for row in report.quarantined:
+            q.add_row(row.destination, escape(row.user_id), _ago(row.since), str(row.attempts),
+                      escape(row.reason[:100]))
+        console.print(q)
+    if report.problems:
+        pr = Table("user", "field", "since", "reason", title="fields left out")
+        for problem in report.problems:
+            pr.add_row(escape(problem.user_id), problem.field, _ago(problem.since),
+                       escape(problem.reason))
+        console.print(pr)

@@ -1,0 +1,271 @@
+"""The source database: the application's users table (or a query), read through SQLAlchemy.
+
+PostgreSQL (psycopg 3), MySQL/MariaDB (PyMySQL) and SQLite. Two kinds of read:
+
+* the *hash scan* streams every row as (key, row hash, soft-delete flag), in an order the state can
+  follow (integers by value, everything else by code point). PostgreSQL and MySQL compute the
+  row hash of the mapped columns themselves, so an unchanged row never crosses the wire whole;
+  SQLite has no such function and the hash is computed here.
+* *reads by key* fetch the mapped columns of the rows that may have changed.
+
+Nothing here interprets the values; :mod:`syncer.mapping` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, bindparam, create_engine, inspect, text
+from sqlalchemy import types as satypes
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchTableError, SQLAlchemyError
+
+from syncer.config import CaptureConfig, SourceConfig
+from syncer.errors import ConfigError, SourceError
+from syncer.model import KeyKind, RawRow
+from syncer.normalize import is_deleted_flag
+from syncer.secret import redact_url, scrub
+
+_READ_CHUNK: Final = 1000
+_U64: Final = 1 << 64
+_I63: Final = 1 << 63
+
+
+def create_source_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"[source] url is not a database URL: {redact_url(url)}") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("postgresql", "mysql", "mariadb", "sqlite"):
+        raise ConfigError(f"[source] url: {backend} is not supported "
+                          "(PostgreSQL, MySQL/MariaDB or SQLite)")
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif parsed.drivername in ("mysql", "mariadb"):
+        parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
+    if backend == "postgresql":
+        kwargs["connect_args"] = {"application_name": "syncer"}
+    if backend == "sqlite":
+        kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30},
+                  "hide_parameters": True}
+    return create_engine(parsed, **kwargs)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A database error in one line, without values from the rows (they may be personal data)."""
+    orig = getattr(exc, "orig", None) or exc
+    first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    return scrub(first[:300])
+
+
+def py_row_hash(seed: int, key: object, values: Sequence[object]) -> int:
+    """The row hash where the database cannot compute one (SQLite): signed 64-bit."""
+    digest = hashlib.blake2b(repr((seed, key, tuple(values))).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class Source:
+    """Reads one users table (or query) of one database."""
+
+    def __init__(self, config: SourceConfig, capture: CaptureConfig, columns: Sequence[str],
+                 seed: int, engine: Engine | None = None) -> None:
+        self.config = config
+        self.engine = engine or create_source_engine(config.url)
+        self.dialect = self.engine.dialect.name
+        self.soft_delete = capture.soft_delete_column
+        self.columns = list(columns)
+        self.seed = seed
+        self._kind: KeyKind | None = None
+        self._pk_type: satypes.TypeEngine[Any] | None = None
+        prep = self.engine.dialect.identifier_preparer
+        self.q = prep.quote
+        if config.table:
+            self.relation = (f"{self.q(config.schema_)}.{self.q(config.table)}" if config.schema_
+                             else self.q(config.table))
+        else:
+            self.relation = f"({config.query}) AS syncer_q"
+        self.pk = self.q(config.primary_key)
+
+    # -- helpers
+
+    def connect(self) -> Connection:
+        try:
+            return self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise SourceError(f"cannot connect to the source database "
+                              f"({redact_url(self.config.url)}): {describe_error(exc)}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def description(self) -> str:
+        what = self.config.table or "query"
+        return f"{what} in {redact_url(self.config.url)}"
+
+    def hash_expr(self) -> str | None:
+        """SQL computing the signed 64-bit row hash of key + mapped columns + soft-delete column."""
+        parts = [self.pk, *(self.q(c) for c in self.columns)]
+        if self.soft_delete:
+            parts.append(self.q(self.soft_delete))
+        joined = ", ".join(parts)
+        if self.dialect == "postgresql":
+            return f"hashtextextended(ROW({joined})::text, {self.seed})"
+        if self.dialect in ("mysql", "mariadb"):
+            return (f"CAST(CONV(SUBSTRING(MD5(JSON_ARRAY({self.seed}, {joined})), 1, 16), 16, 10)"
+                    " AS UNSIGNED)")
+        return None
+
+    def order_expr(self) -> str:
+        if self.key_kind() is not KeyKind.TEXT:
+            return self.pk
+        if self.dialect == "postgresql":
+            return f'{self.pk} COLLATE "C"'
+        if self.dialect in ("mysql", "mariadb"):
+            return f"CAST({self.pk} AS BINARY)"
+        return f"{self.pk} COLLATE BINARY"
+
+    def _soft_expr(self) -> str:
+        return self.q(self.soft_delete) if self.soft_delete else "NULL"
+
+    # -- checks
+
+    def check(self) -> None:
+        """Connect, and make sure the table (or query) has the key and every mapped column."""
+        wanted = [self.config.primary_key, *self.columns]
+        if self.soft_delete:
+            wanted.append(self.soft_delete)
+        with self.connect() as conn:
+            try:
+                if self.config.table:
+                    insp = inspect(conn)
+                    cols = {c["name"]: c["type"] for c in insp.get_columns(
+                        self.config.table, schema=self.config.schema_)}
+                    have = set(cols)
+                    self._pk_type = cols.get(self.config.primary_key)
+                else:
+                    result = conn.execute(text(f"SELECT * FROM {self.relation} LIMIT 0"))
+                    have = set(result.keys())
+            except NoSuchTableError:
+                raise ConfigError(f"[source] table {self.config.table!r} does not exist in "
+                                  f"{redact_url(self.config.url)}") from None
+            except SQLAlchemyError as exc:
+                raise SourceError(f"cannot read {self.description}: {describe_error(exc)}") \
+                    from exc
+        missing = [c for c in dict.fromkeys(wanted) if c not in have]
+        if missing:
+            where = f"table {self.config.table!r}" if self.config.table else "[source] query"
+            raise ConfigError(f"{where} has no column(s) {', '.join(missing)} "
+                              "(named in [source] primary_key, [mapping] or [capture])")
+
+    def key_kind(self) -> KeyKind:
+        if self._kind is None:
+            self._kind = self._detect_kind()
+        return self._kind
+
+    def _detect_kind(self) -> KeyKind:
+        if self._pk_type is None and self.config.table:
+            self.check()
+        pk_type = self._pk_type
+        if pk_type is not None:
+            if isinstance(pk_type, satypes.Integer):
+                return KeyKind.INT
+            if isinstance(pk_type, satypes.Uuid):
+                return KeyKind.UUID
+            return KeyKind.TEXT
+        with self.connect() as conn:
+            try:
+                sample = conn.execute(text(
+                    f"SELECT {self.pk} FROM {self.relation} WHERE {self.pk} IS NOT NULL LIMIT 1"
+                )).scalar()
+            except SQLAlchemyError as exc:
+                raise SourceError(f"cannot read {self.description}: {describe_error(exc)}") \
+                    from exc
+        if isinstance(sample, int) and not isinstance(sample, bool):
+            return KeyKind.INT
+        if isinstance(sample, uuid.UUID):
+            return KeyKind.UUID
+        return KeyKind.TEXT
+
+    def typed_key(self, user_id: str, source_key: str | None) -> object:
+        """The value to look a user up by in the source, from what the state keeps."""
+        raw = source_key if source_key is not None else user_id
+        kind = self.key_kind()
+        try:
+            if kind is KeyKind.INT:
+                return int(raw)
+            if kind is KeyKind.UUID:
+                return uuid.UUID(raw)
+        except ValueError:
+            return raw
+        return raw
+
+    def _row_hash(self, value: Any) -> int | None:
+        if value is None:
+            return None
+        number = int(value)
+        return number - _U64 if number >= _I63 else number
+
+    # -- reads
+
+    def hash_scan(self) -> Iterator[RawRow]:
+        """Every row as (key, row hash, deleted), in merge order. One streamed query."""
+        expr = self.hash_expr()
+        if expr is not None:
+            sql = (f"SELECT {self.pk}, {expr}, {self._soft_expr()} FROM {self.relation} "
+                   f"ORDER BY {self.order_expr()}")
+        else:
+            cols = ", ".join(self.q(c) for c in self.columns)
+            sql = (f"SELECT {self.pk}, {self._soft_expr()}, {cols} FROM {self.relation} "
+                   f"ORDER BY {self.order_expr()}")
+        try:
+            with self.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=5000) \
+                    .exec_driver_sql(sql)
+                if expr is not None:
+                    row_hash = self._row_hash
+                    for key, h, soft in result:
+                        yield RawRow(key, row_hash(h), is_deleted_flag(soft))
+                else:
+                    seed = self.seed
+                    for row in result:
+                        values = tuple(row[2:])
+                        soft = row[1]
+                        yield RawRow(row[0], py_row_hash(seed, row[0], (*values, soft)),
+                                     is_deleted_flag(soft))
+        except SQLAlchemyError as exc:
+            raise SourceError(f"cannot scan {self.description}: {describe_error(exc)}") from exc
+
+    def read(self, keys: Sequence[object]) -> list[RawRow]:
+        """The current rows for these keys, with their mapped values. Absent keys are absent."""
+        if not keys:
+            return []
+        expr = self.hash_expr()
+        cols = ", ".join(self.q(c) for c in self.columns)
+        head = f"{self.pk}, {expr if expr else 'NULL'}, {self._soft_expr()}"
+        sql = f"SELECT {head}{', ' + cols if cols else ''} FROM {self.relation} WHERE "
+        out: list[RawRow] = []
+        try:
+            with self.connect() as conn:
+                for i in range(0, len(keys), _READ_CHUNK):
+                    part = list(keys[i:i + _READ_CHUNK])
+                    for row in self._in_query(conn, sql, part):
+                        values = dict(zip(self.columns, row[3:], strict=True))
+                        soft = row[2]
+                        h = self._row_hash(row[1]) if expr else py_row_hash(
+                            self.seed, row[0], (*row[3:], soft))
+                        out.append(RawRow(row[0], h, is_deleted_flag(soft), values))
+        except SQLAlchemyError as exc:
+            raise SourceError(f"cannot read {self.description}: {describe_error(exc)}") from exc
+        return out
+
+    def _in_query(self, conn: Connection, sql: str, keys: list[object]) -> Any:
+        if self.dialect == "postgresql":
+            return conn.execute(text(sql + f"{self.pk} = ANY(:keys)"), {"keys": keys})
+        stmt = text(sql + f"{self.pk} IN :keys").bindparams(bindparam("keys", expanding=True))
+        return conn.execute(stmt, {"keys": keys})

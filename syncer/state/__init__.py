@@ -1,0 +1,111 @@
+"""The state: per destination and user, what was delivered (a fingerprint) or a tombstone; the users
+seen in the source; quarantined users; field problems; the history of passes; capture cursors.
+
+Two implementations of one port: :mod:`syncer.state.sql` (SQLite or PostgreSQL, the real one) and
+:mod:`syncer.state.memory` (for tests). The contract tests run against both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from syncer.model import KeyKind, UserState, UserWrite
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRow:
+    """One known user, as the reconcile merge needs it."""
+
+    user_id: str
+    key_int: int | None
+    row_hash: int | None
+    gone: bool
+    dirty: bool
+    source_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PassRecord:
+    id: int
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    kind: str
+    mode: str
+    outcome: str
+    counts: dict[str, int] = field(default_factory=dict)
+    message: str | None = None
+    instance: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRow:
+    destination: str
+    user_id: str
+    reason: str
+    since: dt.datetime
+    last_attempt: dt.datetime
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemRow:
+    user_id: str
+    field: str
+    reason: str
+    since: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StateCounts:
+    known: int
+    gone: int
+    dirty: int
+    quarantined: dict[str, int]
+    delivered: dict[str, int]
+    problems: int
+
+
+class StateStore(Protocol):
+    def salt(self) -> bytes:
+        """A random per-installation key for fingerprints (created on first use)."""
+
+    def known_users(self) -> int:
+        """Users seen in the source and not (fully) deleted."""
+
+    def scan(self, kind: KeyKind) -> Iterator[ScanRow]:
+        """Every known user in the merge order for ``kind``: by key_int for integer keys (users
+        without one last), else by user_id in binary (code point) order."""
+
+    def lookup(self, user_ids: Sequence[str]) -> dict[str, UserState]: ...
+
+    def dirty_users(self, limit: int) -> list[ScanRow]: ...
+
+    def write(self, writes: Sequence[UserWrite], now: dt.datetime) -> None: ...
+
+    def get_cursor(self, name: str) -> str | None: ...
+
+    def set_cursor(self, name: str, value: str | None, now: dt.datetime) -> None: ...
+
+    def start_pass(self, kind: str, mode: str, now: dt.datetime, instance: str | None) -> int: ...
+
+    def finish_pass(self, pass_id: int, outcome: str, counts: dict[str, int],
+                    message: str | None, now: dt.datetime) -> None: ...
+
+    def recent_passes(self, limit: int) -> list[PassRecord]: ...
+
+    def quarantined(self, limit: int) -> list[QuarantineRow]: ...
+
+    def problems(self, limit: int) -> list[ProblemRow]: ...
+
+    def counts(self) -> StateCounts: ...
+
+    def requeue_quarantined(self, user_ids: Sequence[str] | None) -> int:
+        """Forget quarantine entries (all, or these users) and mark the users dirty."""
+
+    def forget(self, user_ids: Sequence[str] | None) -> int:
+        """Forget what was delivered (all, or these users) so they are sent again."""
+
+    def close(self) -> None: ...

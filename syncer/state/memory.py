@@ -1,0 +1,179 @@
+"""The state in memory: the same port as the SQL store, for unit tests and dry runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+from syncer.model import Delivered, KeyKind, Quarantine, UserState, UserWrite
+from syncer.state import PassRecord, ProblemRow, QuarantineRow, ScanRow, StateCounts
+
+
+@dataclass
+class _User:
+    key_int: int | None
+    source_key: str | None
+    row_hash: int | None
+    gone: bool
+    dirty: bool
+    updated_at: dt.datetime
+    deliveries: dict[str, tuple[Delivered, dt.datetime]] = field(default_factory=dict)
+    quarantine: dict[str, QuarantineRow] = field(default_factory=dict)
+    q_fingerprints: dict[str, bytes] = field(default_factory=dict)
+    problems: dict[str, ProblemRow] = field(default_factory=dict)
+
+
+class MemoryStateStore:
+    def __init__(self, salt: bytes | None = None) -> None:
+        self._salt = salt or secrets.token_bytes(16)
+        self.users: dict[str, _User] = {}
+        self.cursors: dict[str, str] = {}
+        self.passes: list[PassRecord] = []
+
+    def salt(self) -> bytes:
+        return self._salt
+
+    def close(self) -> None:
+        pass
+
+    def known_users(self) -> int:
+        return sum(1 for u in self.users.values() if not u.gone)
+
+    def scan(self, kind: KeyKind) -> Iterator[ScanRow]:
+        rows = [self._scan_row(uid, u) for uid, u in self.users.items()]
+        if kind is KeyKind.INT:
+            with_int = sorted((r for r in rows if r.key_int is not None),
+                              key=lambda r: r.key_int or 0)
+            rest = sorted((r for r in rows if r.key_int is None), key=lambda r: r.user_id)
+            yield from with_int + rest
+        else:
+            yield from sorted(rows, key=lambda r: r.user_id)
+
+    @staticmethod
+    def _scan_row(uid: str, u: _User) -> ScanRow:
+        return ScanRow(uid, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key)
+
+    def lookup(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        out: dict[str, UserState] = {}
+        for uid in user_ids:
+            u = self.users.get(uid)
+            if u is None:
+                continue
+            out[uid] = UserState(
+                uid, u.row_hash, u.gone, u.dirty,
+                {d: entry[0] for d, entry in u.deliveries.items()},
+                {d: Quarantine(d, u.q_fingerprints[d], q.reason) for d, q in u.quarantine.items()},
+            )
+        return out
+
+    def dirty_users(self, limit: int) -> list[ScanRow]:
+        dirty = sorted(((u.updated_at, uid) for uid, u in self.users.items() if u.dirty))
+        return [self._scan_row(uid, self.users[uid]) for _, uid in dirty[:limit]]
+
+    def write(self, writes: Sequence[UserWrite], now: dt.datetime) -> None:
+        for w in writes:
+            u = self.users.get(w.user_id)
+            if u is None:
+                u = self.users[w.user_id] = _User(w.key_int, w.source_key, w.row_hash, w.gone,
+                                                  w.dirty, now)
+            u.key_int, u.source_key, u.row_hash = w.key_int, w.source_key, w.row_hash
+            u.gone, u.dirty, u.updated_at = w.gone, w.dirty, now
+            for dest, d in w.deliveries.items():
+                if d is None:
+                    u.deliveries.pop(dest, None)
+                else:
+                    u.deliveries[dest] = (d, now)
+            for q in w.quarantine_set:
+                old = u.quarantine.get(q.destination)
+                same = old is not None and u.q_fingerprints[q.destination] == q.fingerprint
+                u.quarantine[q.destination] = QuarantineRow(
+                    q.destination, w.user_id, q.reason, old.since if old and same else now, now,
+                    (old.attempts + 1) if old else 1)
+                u.q_fingerprints[q.destination] = q.fingerprint
+            for dest in w.quarantine_clear:
+                u.quarantine.pop(dest, None)
+                u.q_fingerprints.pop(dest, None)
+            if w.problems is not None:
+                u.problems = {
+                    p.field: (u.problems.get(p.field) and replace(u.problems[p.field],
+                                                                 reason=p.reason))
+                    or ProblemRow(w.user_id, p.field, p.reason, now)
+                    for p in w.problems
+                }
+
+    def get_cursor(self, name: str) -> str | None:
+        return self.cursors.get(name)
+
+    def set_cursor(self, name: str, value: str | None, now: dt.datetime) -> None:
+        if value is None:
+            self.cursors.pop(name, None)
+        else:
+            self.cursors[name] = value
+
+    def start_pass(self, kind: str, mode: str, now: dt.datetime, instance: str | None) -> int:
+        record = PassRecord(len(self.passes) + 1, now, None, kind, mode, "running", {}, None,
+                            instance)
+        self.passes.append(record)
+        return record.id
+
+    def finish_pass(self, pass_id: int, outcome: str, counts: dict[str, int],
+                    message: str | None, now: dt.datetime) -> None:
+        i = pass_id - 1
+        self.passes[i] = replace(self.passes[i], finished_at=now, outcome=outcome,
+                                 counts=dict(counts), message=message)
+
+    def recent_passes(self, limit: int) -> list[PassRecord]:
+        return list(reversed(self.passes))[:limit]
+
+    def quarantined(self, limit: int) -> list[QuarantineRow]:
+        rows = [q for u in self.users.values() for q in u.quarantine.values()]
+        rows.sort(key=lambda q: (-q.since.timestamp(), q.user_id))
+        return rows[:limit]
+
+    def problems(self, limit: int) -> list[ProblemRow]:
+        rows = [p for u in self.users.values() for p in u.problems.values()]
+        rows.sort(key=lambda p: (-p.since.timestamp(), p.user_id, p.field))
+        return rows[:limit]
+
+    def counts(self) -> StateCounts:
+        quarantined: dict[str, int] = {}
+        delivered: dict[str, int] = {}
+        for u in self.users.values():
+            for dest in u.quarantine:
+                quarantined[dest] = quarantined.get(dest, 0) + 1
+            for dest, (d, _) in u.deliveries.items():
+                if not d.deleted:
+                    delivered[dest] = delivered.get(dest, 0) + 1
+        return StateCounts(
+            self.known_users(), sum(u.gone for u in self.users.values()),
+            sum(u.dirty for u in self.users.values()), quarantined, delivered,
+            sum(1 for u in self.users.values() if u.problems))
+
+    def requeue_quarantined(self, user_ids: Sequence[str] | None) -> int:
+        ids = list(self.users) if user_ids is None else [i for i in user_ids if i in self.users]
+        count = 0
+        for uid in ids:
+            u = self.users[uid]
+            count += len(u.quarantine)
+            if u.quarantine:
+                u.quarantine.clear()
+                u.q_fingerprints.clear()
+                u.dirty, u.row_hash = True, None
+        return count
+
+    def forget(self, user_ids: Sequence[str] | None) -> int:
+        ids = list(self.users) if user_ids is None else [i for i in user_ids if i in self.users]
+        count = 0
+        for uid in ids:
+            u = self.users[uid]
+            alive = [d for d, (entry, _) in u.deliveries.items() if not entry.deleted]
+            for dest in alive:
+                del u.deliveries[dest]
+            count += len(alive)
+            if not u.gone:
+                u.row_hash = None
+                if user_ids is not None:
+                    u.dirty = True
+        return count

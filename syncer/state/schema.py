@@ -1,0 +1,92 @@
+"""The state tables, as SQLAlchemy Core objects for queries. The schema itself is created and
+upgraded by the Alembic scripts in ``migrations/``; keep the two in step."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+metadata = MetaData()
+
+meta = Table(
+    "syncer_meta", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+users = Table(
+    "syncer_users", metadata,
+    Column("user_id", String(255), primary_key=True),
+    Column("key_int", BigInteger, nullable=True),
+    Column("source_key", Text, nullable=True),
+    Column("row_hash", BigInteger, nullable=True),
+    Column("gone", Boolean, nullable=False),
+    Column("dirty", Boolean, nullable=False),
+    Column("first_seen", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+Index("ix_syncer_users_key_int", users.c.key_int, users.c.user_id, users.c.row_hash,
+      users.c.gone, users.c.dirty)
+Index("ix_syncer_users_dirty", users.c.dirty,
+      sqlite_where=text("dirty"), postgresql_where=text("dirty"))
+
+deliveries = Table(
+    "syncer_deliveries", metadata,
+    Column("destination", String(32), primary_key=True),
+    Column("user_id", String(255), primary_key=True),
+    Column("fingerprint", LargeBinary(16), nullable=True),
+    Column("field_tags", LargeBinary(256), nullable=True),
+    Column("deleted", Boolean, nullable=False),
+    Column("delivered_at", DateTime, nullable=False),
+)
+
+quarantine = Table(
+    "syncer_quarantine", metadata,
+    Column("destination", String(32), primary_key=True),
+    Column("user_id", String(255), primary_key=True),
+    Column("fingerprint", LargeBinary(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("since", DateTime, nullable=False),
+    Column("last_attempt", DateTime, nullable=False),
+    Column("attempts", Integer, nullable=False),
+)
+
+problems = Table(
+    "syncer_problems", metadata,
+    Column("user_id", String(255), primary_key=True),
+    Column("field", String(128), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("since", DateTime, nullable=False),
+)
+
+passes = Table(
+    "syncer_passes", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime, nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("counts", Text, nullable=False),
+    Column("message", Text, nullable=True),
+    Column("instance", String(255), nullable=True),
+)
+
+cursors = Table(
+    "syncer_cursors", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)

@@ -1,0 +1,416 @@
+"""The state in SQLite (the default) or PostgreSQL, through SQLAlchemy Core."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    and_,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from syncer.errors import ConfigError, StateError
+from syncer.model import (
+    Delivered,
+    KeyKind,
+    Quarantine,
+    UserState,
+    UserWrite,
+)
+from syncer.secret import redact_url
+from syncer.state import (
+    PassRecord,
+    ProblemRow,
+    QuarantineRow,
+    ScanRow,
+    StateCounts,
+)
+from syncer.state import schema as t
+
+_IN_CHUNK = 500
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts are: the installed ``syncer.migrations``, or ``migrations/`` of a
+    source checkout."""
+    try:
+        import syncer.migrations as installed  # type: ignore[import-not-found,unused-ignore]
+
+        return Path(installed.__file__).parent
+    except ImportError:
+        return Path(__file__).resolve().parents[2] / "migrations"
+
+
+def create_state_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"[state] url is not a database URL: {redact_url(url)}") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"[state] url: the state lives in SQLite or PostgreSQL, not {backend}")
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            parent = Path(database).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"[state] url: the directory {parent} does not exist (create it, or use "
+                    "systemd's StateDirectory=)"
+                )
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               hide_parameters=True)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    if parsed.drivername == "postgresql":
+        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+
+
+def migrate(engine: Engine) -> None:
+    """Create or upgrade the state schema to the newest revision."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except SQLAlchemyError as exc:
+        raise StateError(f"state migration failed: {_brief(exc)}") from exc
+
+
+def _brief(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig or exc).strip().splitlines()[0]
+
+
+def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class SqlStateStore:
+    """:class:`syncer.state.StateStore` on SQLAlchemy."""
+
+    def __init__(self, engine: Engine, *, run_migrations: bool = True) -> None:
+        self.engine = engine
+        self._dialect = engine.dialect.name
+        if run_migrations:
+            migrate(engine)
+        self._salt: bytes | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, run_migrations: bool = True) -> SqlStateStore:
+        return cls(create_state_engine(url), run_migrations=run_migrations)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- helpers
+
+    def _run(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            with self.engine.begin() as conn:
+                return fn(conn, *args)
+        except SQLAlchemyError as exc:
+            raise StateError(f"state database ({what}): {_brief(exc)}") from exc
+
+    def _upsert(self, conn: Connection, table: Table, rows: list[dict[str, Any]],
+                keys: list[str], update_cols: dict[str, Any] | None = None) -> None:
+        if not rows:
+            return
+        ins: Any = (postgresql.insert(table) if self._dialect == "postgresql"
+                    else sqlite.insert(table))
+        cols = update_cols if update_cols is not None else {
+            c: ins.excluded[c] for c in rows[0] if c not in keys
+        }
+        stmt = ins.on_conflict_do_update(index_elements=keys, set_=cols) if cols \
+            else ins.on_conflict_do_nothing(index_elements=keys)
+        conn.execute(stmt, rows)
+
+    def _binary(self, column: Any) -> Any:
+        return column.collate("C") if self._dialect == "postgresql" else column
+
+    # -- meta
+
+    def salt(self) -> bytes:
+        if self._salt is None:
+            def get(conn: Connection) -> bytes:
+                found = conn.execute(select(t.meta.c.value).where(t.meta.c.key == "salt")).scalar()
+                if found is None:
+                    self._upsert(conn, t.meta, [{"key": "salt", "value": secrets.token_hex(16)}],
+                                 ["key"], {})
+                    found = conn.execute(
+                        select(t.meta.c.value).where(t.meta.c.key == "salt")).scalar_one()
+                return bytes.fromhex(found)
+
+            self._salt = self._run("salt", get)
+        return self._salt
+
+    # -- users
+
+    def known_users(self) -> int:
+        return int(self._run("count", lambda c: c.execute(
+            select(func.count()).select_from(t.users).where(~t.users.c.gone)).scalar_one()))
+
+    def scan(self, kind: KeyKind) -> Iterator[ScanRow]:
+        u = t.users.c
+        cols = [u.user_id, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key]
+        if kind is KeyKind.INT:
+            queries = [select(*cols).where(u.key_int.is_not(None)).order_by(u.key_int),
+                       select(*cols).where(u.key_int.is_(None)).order_by(self._binary(u.user_id))]
+        else:
+            queries = [select(*cols).order_by(self._binary(u.user_id))]
+        try:
+            with self.engine.connect() as conn:
+                for query in queries:
+                    result = conn.execution_options(stream_results=True, yield_per=10_000) \
+                        .execute(query)
+                    for row in result:
+                        yield ScanRow(row[0], row[1], row[2], bool(row[3]), bool(row[4]), row[5])
+        except SQLAlchemyError as exc:
+            raise StateError(f"state database (scan): {_brief(exc)}") from exc
+
+    def lookup(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        def get(conn: Connection) -> dict[str, UserState]:
+            base: dict[str, dict[str, Any]] = {}
+            for part in _chunks(list(user_ids)):
+                for row in conn.execute(select(t.users).where(t.users.c.user_id.in_(part))):
+                    base[row.user_id] = {"row_hash": row.row_hash, "gone": bool(row.gone),
+                                         "dirty": bool(row.dirty), "deliveries": {},
+                                         "quarantine": {}}
+                for d in conn.execute(select(t.deliveries).where(
+                        t.deliveries.c.user_id.in_(part))):
+                    entry = base.setdefault(d.user_id, _blank())
+                    entry["deliveries"][d.destination] = Delivered(
+                        d.fingerprint, d.field_tags, bool(d.deleted))
+                for q in conn.execute(select(t.quarantine).where(
+                        t.quarantine.c.user_id.in_(part))):
+                    entry = base.setdefault(q.user_id, _blank())
+                    entry["quarantine"][q.destination] = Quarantine(
+                        q.destination, q.fingerprint, q.reason)
+            return {uid: UserState(uid, **fields) for uid, fields in base.items()}
+
+        return dict(self._run("lookup", get))
+
+    def dirty_users(self, limit: int) -> list[ScanRow]:
+        u = t.users.c
+        query = select(u.user_id, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key) \
+            .where(u.dirty).order_by(u.updated_at).limit(limit)
+        return list(self._run("dirty", lambda c: [
+            ScanRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5]) for r in c.execute(query)]))
+
+    def write(self, writes: Sequence[UserWrite], now: dt.datetime) -> None:
+        if writes:
+            self._run("write", self._write, writes, now)
+
+    def _write(self, conn: Connection, writes: Sequence[UserWrite], now: dt.datetime) -> None:
+        user_rows = [{
+            "user_id": w.user_id, "key_int": w.key_int, "source_key": w.source_key,
+            "row_hash": w.row_hash, "gone": w.gone, "dirty": w.dirty,
+            "first_seen": now, "updated_at": now,
+        } for w in writes]
+        ins: Any = (postgresql.insert(t.users) if self._dialect == "postgresql"
+                    else sqlite.insert(t.users))
+        self._upsert(conn, t.users, user_rows, ["user_id"], {
+            c: ins.excluded[c] for c in
+            ("key_int", "source_key", "row_hash", "gone", "dirty", "updated_at")})
+
+        delivered: list[dict[str, Any]] = []
+        forgotten: list[tuple[str, str]] = []
+        q_set: list[dict[str, Any]] = []
+        q_clear: list[tuple[str, str]] = []
+        for w in writes:
+            for dest, d in w.deliveries.items():
+                if d is None:
+                    forgotten.append((dest, w.user_id))
+                else:
+                    delivered.append({"destination": dest, "user_id": w.user_id,
+                                      "fingerprint": d.fingerprint, "field_tags": d.field_tags,
+                                      "deleted": d.deleted, "delivered_at": now})
+            q_set += [{"destination": q.destination, "user_id": w.user_id,
+                       "fingerprint": q.fingerprint, "reason": q.reason, "since": now,
+                       "last_attempt": now, "attempts": 1} for q in w.quarantine_set]
+            q_clear += [(dest, w.user_id) for dest in w.quarantine_clear]
+        self._upsert(conn, t.deliveries, delivered, ["destination", "user_id"])
+        self._delete_pairs(conn, t.deliveries, forgotten)
+        qins: Any = (postgresql.insert(t.quarantine) if self._dialect == "postgresql"
+                     else sqlite.insert(t.quarantine))
+        q = t.quarantine.c
+        self._upsert(conn, t.quarantine, q_set, ["destination", "user_id"], {
+            "since": case((q.fingerprint == qins.excluded.fingerprint, q.since),
+                          else_=qins.excluded.since),
+            "fingerprint": qins.excluded.fingerprint,
+            "reason": qins.excluded.reason,
+            "last_attempt": qins.excluded.last_attempt,
+            "attempts": q.attempts + 1,
+        })
+        self._delete_pairs(conn, t.quarantine, q_clear)
+        self._write_problems(conn, [w for w in writes if w.problems is not None], now)
+
+    def _delete_pairs(self, conn: Connection, table: Table, pairs: list[tuple[str, str]]) -> None:
+        for part in _chunks(pairs):
+            conn.execute(delete(table).where(
+                tuple_(table.c.destination, table.c.user_id).in_(list(part))))
+
+    def _write_problems(self, conn: Connection, writes: list[UserWrite], now: dt.datetime) -> None:
+        if not writes:
+            return
+        ids = [w.user_id for w in writes]
+        existing: set[tuple[str, str]] = set()
+        for part in _chunks(ids):
+            existing.update((r[0], r[1]) for r in conn.execute(
+                select(t.problems.c.user_id, t.problems.c.field)
+                .where(t.problems.c.user_id.in_(part))))
+        wanted = {(w.user_id, p.field): p.reason for w in writes for p in (w.problems or ())}
+        stale = [pair for pair in existing if pair not in wanted]
+        for part in _chunks(stale):
+            conn.execute(delete(t.problems).where(
+                tuple_(t.problems.c.user_id, t.problems.c.field).in_(list(part))))
+        pins: Any = (postgresql.insert(t.problems) if self._dialect == "postgresql"
+                     else sqlite.insert(t.problems))
+        self._upsert(conn, t.problems, [
+            {"user_id": uid, "field": f, "reason": reason, "since": now}
+            for (uid, f), reason in wanted.items()
+        ], ["user_id", "field"], {"reason": pins.excluded.reason})
+
+    # -- cursors
+
+    def get_cursor(self, name: str) -> str | None:
+        value = self._run("cursor", lambda c: c.execute(
+            select(t.cursors.c.value).where(t.cursors.c.name == name)).scalar())
+        return None if value is None else str(value)
+
+    def set_cursor(self, name: str, value: str | None, now: dt.datetime) -> None:
+        def put(conn: Connection) -> None:
+            if value is None:
+                conn.execute(delete(t.cursors).where(t.cursors.c.name == name))
+            else:
+                self._upsert(conn, t.cursors, [{"name": name, "value": value, "updated_at": now}],
+                             ["name"])
+
+        self._run("cursor", put)
+
+    # -- passes
+
+    def start_pass(self, kind: str, mode: str, now: dt.datetime, instance: str | None) -> int:
+        return int(self._run("pass", lambda c: c.execute(t.passes.insert().values(
+            started_at=now, kind=kind, mode=mode, outcome="running", counts="{}",
+            instance=instance)).inserted_primary_key[0]))
+
+    def finish_pass(self, pass_id: int, outcome: str, counts: dict[str, int],
+                    message: str | None, now: dt.datetime) -> None:
+        self._run("pass", lambda c: c.execute(update(t.passes).where(t.passes.c.id == pass_id)
+                                             .values(finished_at=now, outcome=outcome,
+                                                     counts=json.dumps(counts, sort_keys=True),
+                                                     message=message)))
+
+    def recent_passes(self, limit: int) -> list[PassRecord]:
+        p = t.passes.c
+        rows = self._run("passes", lambda c: c.execute(
+            select(t.passes).order_by(p.id.desc()).limit(limit)).all())
+        return [PassRecord(r.id, r.started_at, r.finished_at, r.kind, r.mode, r.outcome,
+                           json.loads(r.counts or "{}"), r.message, r.instance) for r in rows]
+
+    def quarantined(self, limit: int) -> list[QuarantineRow]:
+        q = t.quarantine.c
+        rows = self._run("quarantine", lambda c: c.execute(
+            select(t.quarantine).order_by(q.since.desc(), q.user_id).limit(limit)).all())
+        return [QuarantineRow(r.destination, r.user_id, r.reason, r.since, r.last_attempt,
+                              r.attempts) for r in rows]
+
+    def problems(self, limit: int) -> list[ProblemRow]:
+        p = t.problems.c
+        rows = self._run("problems", lambda c: c.execute(
+            select(t.problems).order_by(p.since.desc(), p.user_id, p.field).limit(limit)).all())
+        return [ProblemRow(r.user_id, r.field, r.reason, r.since) for r in rows]
+
+    def counts(self) -> StateCounts:
+        def get(conn: Connection) -> StateCounts:
+            u = t.users.c
+            known, gone, dirty = conn.execute(select(
+                func.count(), func.coalesce(func.sum(case((u.gone, 1), else_=0)), 0),
+                func.coalesce(func.sum(case((u.dirty, 1), else_=0)), 0))).one()
+            q = t.quarantine.c
+            quarantined: dict[str, int] = dict(conn.execute(
+                select(q.destination, func.count()).group_by(q.destination)).all())
+            d = t.deliveries.c
+            delivered: dict[str, int] = dict(conn.execute(select(d.destination, func.count())
+                                          .where(~d.deleted).group_by(d.destination)).all())
+            problems = conn.execute(select(func.count(func.distinct(t.problems.c.user_id)))
+                                    ).scalar_one()
+            return StateCounts(int(known) - int(gone), int(gone), int(dirty),
+                               {k: int(v) for k, v in quarantined.items()},
+                               {k: int(v) for k, v in delivered.items()}, int(problems))
+
+        result: StateCounts = self._run("counts", get)
+        return result
+
+    # -- operator actions
+
+    def requeue_quarantined(self, user_ids: Sequence[str] | None) -> int:
+        def go(conn: Connection) -> int:
+            q = t.quarantine.c
+            if user_ids is None:
+                ids = [r[0] for r in conn.execute(select(func.distinct(q.user_id)))]
+            else:
+                ids = list(user_ids)
+            count = 0
+            for part in _chunks(ids):
+                count += conn.execute(delete(t.quarantine).where(q.user_id.in_(part))).rowcount
+                conn.execute(update(t.users).where(t.users.c.user_id.in_(part))
+                             .values(dirty=True, row_hash=None))
+            return count
+
+        return int(self._run("retry", go))
+
+    def forget(self, user_ids: Sequence[str] | None) -> int:
+        def go(conn: Connection) -> int:
+            d = t.deliveries.c
+            alive = and_(~d.deleted)
+            if user_ids is None:
+                n = conn.execute(delete(t.deliveries).where(alive)).rowcount
+                conn.execute(update(t.users).where(~t.users.c.gone).values(row_hash=None))
+                return int(n)
+            n = 0
+            for part in _chunks(list(user_ids)):
+                n += conn.execute(delete(t.deliveries).where(alive, d.user_id.in_(part))).rowcount
+                conn.execute(update(t.users).where(t.users.c.user_id.in_(part))
+                             .values(row_hash=None, dirty=True))
+            return int(n)
+
+        return int(self._run("resync", go))
+
+
+def _blank() -> dict[str, Any]:
+    return {"row_hash": None, "gone": False, "dirty": False, "deliveries": {}, "quarantine": {}}
+

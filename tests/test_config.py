@@ -1,0 +1,149 @@
+"""The config: every problem at once, with its TOML path; env vars; secret files; no leaks."""
+
+from pathlib import Path
+
+import pytest
+
+from syncer.config import load, parse
+from syncer.errors import ConfigError
+
+MINIMAL = """
+[source]
+url = "sqlite:///app.db"
+table = "users"
+
+[mapping.user_properties]
+phone_number = "phone"
+
+[blux]
+application_id = "abcd1234"
+secret_key = "${BLUX_SECRET_KEY}"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_minimal_config_with_defaults(tmp_path: Path) -> None:
+    config = load(write(tmp_path, MINIMAL), env={"BLUX_SECRET_KEY": "s3cr3t-value"})
+    assert config.capture.mode == "snapshot"
+    assert config.blux is not None
+    assert config.blux.secret_key.reveal() == "s3cr3t-value"
+    assert config.blux.update_batch_size == 100 and config.blux.update_rate == 20
+    assert config.blux.delete_batch_size == 3000 and config.blux.delete_rate == 100
+    assert config.nachocode is None
+    assert "s3cr3t" not in repr(config) and "s3cr3t" not in str(config.blux.secret_key)
+    assert repr(config.blux.secret_key) == "'********'"
+
+
+def test_every_problem_is_reported_at_once_with_its_path(tmp_path: Path) -> None:
+    text = """
+[source]
+url = "postgresql://u:pw@db/app"
+table = "users"
+query = "SELECT 1"
+
+[capture]
+mode = "watermark"
+lookback = 5
+
+[mapping.user_properties]
+phone = "phone"
+
+[blux]
+secret_key = "k"
+update_batch_size = 500
+
+[nachocode]
+api_key = "${MISSING_VAR}"
+secret_key = "x"
+method = "PUT"
+"""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    message = str(info.value)
+    for expected in [
+        "[capture] lookback is not a known key",
+        "[mapping.user_properties] phone is not a known key",
+        "[blux] application_id is missing",
+        "[blux] update_batch_size must be at most 100",
+        "environment variable MISSING_VAR is not set",
+        "[nachocode] method must be one of",
+    ]:
+        assert expected in message, expected
+    assert all(line.startswith(str(path)) for line in message.splitlines())
+    assert "pw" not in message
+
+
+def test_mode_specific_requirements(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="watermark_column"):
+        load(write(tmp_path, MINIMAL + '\n[capture]\nmode = "watermark"\n'),
+             env={"BLUX_SECRET_KEY": "k"})
+    with pytest.raises(ConfigError, match="exactly one of `table` or `query`"):
+        parse({"source": {"url": "sqlite://", "table": "a", "query": "SELECT 1"},
+               "nachocode": {"api_key": "a", "secret_key": "b"}})
+    with pytest.raises(ConfigError, match="at least one destination"):
+        parse({"source": {"url": "sqlite://", "table": "a"}})
+    with pytest.raises(ConfigError, match="crontab"):
+        parse({"source": {"url": "sqlite://", "table": "a"},
+               "capture": {"reconcile_cron": "every day"},
+               "nachocode": {"api_key": "a", "secret_key": "b"}})
+
+
+def test_secret_files_for_systemd_credentials(tmp_path: Path) -> None:
+    (tmp_path / "blux.key").write_text("from-a-file\n")
+    text = MINIMAL.replace('secret_key = "${BLUX_SECRET_KEY}"', 'secret_key_file = "blux.key"')
+    config = load(write(tmp_path, text))
+    assert config.blux is not None and config.blux.secret_key.reveal() == "from-a-file"
+    both = MINIMAL.replace('secret_key = "${BLUX_SECRET_KEY}"',
+                           'secret_key = "a"\nsecret_key_file = "blux.key"')
+    with pytest.raises(ConfigError, match="not both"):
+        load(write(tmp_path, both))
+    missing = MINIMAL.replace('secret_key = "${BLUX_SECRET_KEY}"', 'secret_key_file = "nope"')
+    with pytest.raises(ConfigError, match="secret_key_file: cannot read"):
+        load(write(tmp_path, missing))
+
+
+def test_env_escape_and_credentials_directory(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "blux").write_text("k1")
+    text = MINIMAL.replace('secret_key = "${BLUX_SECRET_KEY}"',
+                           'secret_key_file = "${CREDENTIALS_DIRECTORY}/blux"')
+    text = text.replace('table = "users"', 'table = "users"\nquery_comment = "$${literal}"')
+    with pytest.raises(ConfigError, match="query_comment is not a known key"):
+        load(write(tmp_path, text), env={"CREDENTIALS_DIRECTORY": str(creds)})
+    ok = load(write(tmp_path, text.replace('query_comment = "$${literal}"\n', "")),
+              env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert ok.blux is not None and ok.blux.secret_key.reveal() == "k1"
+
+
+def test_rates_above_the_documents_are_allowed_with_a_warning(tmp_path: Path) -> None:
+    config = load(write(tmp_path, MINIMAL + "update_rate = 50\n"), env={"BLUX_SECRET_KEY": "k"})
+    assert any("above the documented" in w for w in config.warnings())
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(write(tmp_path, "[source\nurl="))
+
+
+def test_secret_values_cover_url_passwords() -> None:
+    config = parse({"source": {"url": "postgresql://reader:pa55word@db/app", "table": "u"},
+                    "state": {"url": "sqlite:///s.db"},
+                    "nachocode": {"api_key": "api-key-1", "secret_key": "secret-2"}})
+    assert set(config.secret_values()) == {"pa55word", "api-key-1", "secret-2"}
+    assert "pa55word" not in config.source.redacted_url
+
+
+def test_example_config_is_valid(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "config.example.toml"
+    config = load(example, env={"BLUX_SECRET_KEY": "a", "NACHOCODE_API_KEY": "b",
+                                "NACHOCODE_SECRET_KEY": "c", "SOURCE_DB_PASSWORD": "d"})
+    assert config.blux is not None and config.nachocode is not None

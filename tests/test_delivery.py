@@ -1,0 +1,329 @@
+"""Delivery against the sandbox (in-process): batching, priorities, and every fault of item 7."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncer.config import BluxConfig, NachocodeConfig
+from syncer.deliver import Deliverer
+from syncer.destinations import Answer
+from syncer.destinations import blux as blux_api
+from syncer.destinations import nachocode as nacho_api
+from syncer.destinations.blux import BluxDelete, BluxUpdate
+from syncer.destinations.nachocode import NachocodeWithdraw
+from syncer.errors import CredentialsRejected, HeldBack, RateLimited, RejectedError, RetriableError
+from syncer.mapping import Mapping
+from syncer.model import NORMAL, URGENT, Endpoint, Op, Outcome, RawRow, Status
+from syncer.ratelimit import AsyncRateLimiter, Pacer
+from syncer.retry import RetryPolicy, parse_retry_after
+from syncer.sandbox import Faults, SandboxApp, SandboxConfig, mock_transport
+
+from .conftest import SANDBOX
+
+FAST = RetryPolicy(max_attempts=5, initial=0.001, maximum=0.005, retry_after_max=0.005)
+MAPPING = Mapping.__new__(Mapping)
+
+
+def mapping() -> Mapping:
+    from syncer.config import MappingConfig
+
+    return Mapping(MappingConfig.model_validate({
+        "user_properties": {"marketing_notification_consent": "mkt"},
+        "custom_user_properties": {"name": "name"}}), b"k" * 16)
+
+
+def upsert(uid: int, urgent: bool = False, m: Mapping | None = None) -> Op:
+    record = (m or mapping()).record(RawRow(uid, 1, False, {"mkt": 0 if urgent else 1,
+                                                             "name": f"n{uid}"}))
+    return Op(Endpoint.BLUX_UPDATE, str(uid), record.payload, URGENT if urgent else NORMAL)
+
+
+def delete(uid: int) -> Op:
+    return Op(Endpoint.BLUX_DELETE, str(uid), priority=URGENT)
+
+
+def withdraw(uid: int) -> Op:
+    return Op(Endpoint.NACHOCODE_WITHDRAW, str(uid), priority=URGENT)
+
+
+def senders(rate: float = 10_000.0, **blux: Any) -> list[Any]:
+    b = BluxConfig.model_validate({"base_url": "http://sandbox/blux",
+                                   "application_id": SANDBOX.blux_application_id,
+                                   "secret_key": SANDBOX.blux_secret_key,
+                                   "update_rate": rate, "delete_rate": rate, **blux})
+    n = NachocodeConfig.model_validate({"base_url": "http://sandbox/nachocode",
+                                        "api_key": SANDBOX.nachocode_api_key,
+                                        "secret_key": SANDBOX.nachocode_secret_key,
+                                        "rate": rate})
+    return [BluxUpdate(b), BluxDelete(b), NachocodeWithdraw(n)]
+
+
+def app(**faults: Any) -> SandboxApp:
+    return SandboxApp(SandboxConfig(update_rate=100_000, delete_rate=100_000,
+                                    withdraw_rate=100_000), Faults(seed=5, **faults))
+
+
+class Recorder(httpx.AsyncBaseTransport):
+    """Wraps a transport and keeps every request body."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport,
+                 override: Callable[[httpx.Request, int], httpx.Response | None] | None = None):
+        self.inner = inner
+        self.bodies: list[tuple[str, Any]] = []
+        self.override = override
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        body = json.loads(request.content) if request.content else None
+        self.bodies.append((request.url.path, body))
+        if self.override is not None:
+            found = self.override(request, len(self.bodies))
+            if found is not None:
+                return found
+        return await self.inner.handle_async_request(request)
+
+
+def deliver(ops: list[Op], transport: httpx.AsyncBaseTransport, *, policy: RetryPolicy = FAST,
+            rate: float = 10_000.0, stop_after: int | None = None,
+            **blux: Any) -> tuple[list[Outcome], Deliverer]:
+    outcomes: list[Outcome] = []
+
+    async def go() -> Deliverer:
+        async with httpx.AsyncClient(transport=transport) as client, Deliverer(
+                senders(rate, **blux), client, policy, outcomes.append) as d:
+            d.submit(ops)
+            if stop_after is not None:
+                while len(outcomes) < stop_after:
+                    await asyncio.sleep(0.001)
+                d.stop_accepting()
+            await d.drain()
+            return d
+
+    return outcomes, asyncio.run(go())
+
+
+def statuses(outcomes: list[Outcome]) -> Counter[Status]:
+    return Counter(o.status for o in outcomes)
+
+
+def test_batches_respect_documented_sizes_and_everything_lands() -> None:
+    sandbox = app()
+    rec = Recorder(mock_transport(sandbox))
+    ops = [upsert(i) for i in range(250)] + [delete(i) for i in range(1000, 4500)] + \
+          [withdraw(i) for i in range(7)]
+    outcomes, _ = deliver(ops, rec)
+    assert statuses(outcomes) == {Status.DELIVERED: len(ops)}
+    sizes: dict[str, list[int]] = {}
+    for path, body in rec.bodies:
+        n = len(body.get("users") or body.get("user_ids") or [1])
+        sizes.setdefault(path.rsplit("/", 2)[-2], []).append(n)
+    assert sorted(sizes["update-properties"]) == [50, 100, 100]
+    assert sorted(sizes["delete"]) == [500, 3000]
+    assert len(sizes["app-user"]) == 7
+    snap = sandbox.snapshot()
+    assert len(snap["users"]) == 250 and len(snap["withdrawn_user_ids"]) == 7
+
+
+def test_urgent_operations_go_first() -> None:
+    rec = Recorder(mock_transport(app()))
+    m = mapping()
+    ops = [upsert(i, m=m) for i in range(300)] + [upsert(900 + i, urgent=True, m=m)
+                                                  for i in range(30)]
+    outcomes, _ = deliver(ops, rec, max_in_flight=1)
+    assert statuses(outcomes) == {Status.DELIVERED: 330}
+    first = rec.bodies[0][1]["users"]
+    ids = [u["user_id"] for u in first]
+    assert ids[:30] == [str(900 + i) for i in range(30)]  # the withdrawals, topped up
+    assert len(ids) == 100
+
+
+def test_5xx_and_hangs_are_retried_until_delivered() -> None:
+    sandbox = app(error_rate=0.3, hang_rate=0.1, hang_seconds=30)
+    policy = RetryPolicy(max_attempts=30, initial=0.001, maximum=0.002)
+    ops = [upsert(i) for i in range(500)] + [withdraw(i) for i in range(50)]
+    outcomes, d = deliver(ops, mock_transport(sandbox), policy=policy)
+    assert statuses(outcomes) == {Status.DELIVERED: 550}
+    assert len(sandbox.snapshot()["users"]) == 500
+    assert d.lanes[Endpoint.BLUX_UPDATE].requests > 5
+
+
+def test_what_keeps_failing_stays_pending_never_delivered() -> None:
+    sandbox = app(error_rate=1.0)
+    outcomes, d = deliver([upsert(i) for i in range(150)], mock_transport(sandbox))
+    assert statuses(outcomes) == {Status.PENDING: 150}
+    assert all("500" in o.reason for o in outcomes)
+    assert d.lanes[Endpoint.BLUX_UPDATE].requests == 2 * FAST.max_attempts
+
+
+def test_429_pauses_the_endpoint_and_honours_retry_after() -> None:
+    def once_429(request: httpx.Request, n: int) -> httpx.Response | None:
+        if n == 1:
+            return httpx.Response(429, headers={"Retry-After": "1"}, request=request)
+        return None
+
+    rec = Recorder(mock_transport(app()), once_429)
+    outcomes, d = deliver([upsert(i) for i in range(10)], rec)
+    assert statuses(outcomes) == {Status.DELIVERED: 10}
+    assert len(rec.bodies) == 2
+    assert d.lanes[Endpoint.BLUX_UPDATE].limiter.waited > 0
+
+
+def test_a_poison_user_is_narrowed_down_and_quarantined() -> None:
+    sandbox = app(reject_user_ids=frozenset({"37"}))
+    rec = Recorder(mock_transport(sandbox))
+    outcomes, _ = deliver([upsert(i) for i in range(100)], rec)
+    by = statuses(outcomes)
+    assert by == {Status.DELIVERED: 99, Status.QUARANTINED: 1}
+    (bad,) = [o for o in outcomes if o.status is Status.QUARANTINED]
+    assert bad.op.user_id == "37" and "400" in bad.reason
+    # 1 + 2 per level of splitting (100 -> 50 -> 25 -> 13 -> 7 -> 4 -> 2 -> 1)
+    assert len(rec.bodies) <= 1 + 2 * 7
+    assert "37" not in sandbox.snapshot()["users"]
+
+
+def test_wrong_blux_secret_stops_blux_quickly_and_not_nachocode() -> None:
+    sandbox = app()
+    ops = [upsert(i) for i in range(2000)] + [withdraw(i) for i in range(5)]
+    outcomes, d = deliver(ops, mock_transport(sandbox), secret_key="wrong", max_in_flight=3)
+    assert "blux" in d.credentials
+    blux = [o for o in outcomes if o.op.destination == "blux"]
+    assert {o.status for o in blux} == {Status.PENDING}
+    assert d.lanes[Endpoint.BLUX_UPDATE].requests <= 3
+    assert d.lanes[Endpoint.BLUX_DELETE].requests == 0
+    nacho = [o for o in outcomes if o.op.destination == "nachocode"]
+    assert {o.status for o in nacho} == {Status.DELIVERED}
+
+
+def test_nachocode_403_holds_withdrawals_back_without_blocking_blux() -> None:
+    sandbox = app(nachocode_disabled=True)
+    ops = [withdraw(i) for i in range(20)] + [upsert(i) for i in range(30)]
+    outcomes, d = deliver(ops, mock_transport(sandbox))
+    assert Endpoint.NACHOCODE_WITHDRAW in d.held
+    assert "ERR-AB-ACS-21" in d.held[Endpoint.NACHOCODE_WITHDRAW]
+    assert {o.status for o in outcomes if o.op.destination == "nachocode"} == {Status.PENDING}
+    assert {o.status for o in outcomes if o.op.destination == "blux"} == {Status.DELIVERED}
+    assert not d.credentials
+
+
+def test_nachocode_410_already_withdrawn_counts_as_done() -> None:
+    sandbox = app()
+    deliver([withdraw(1)], mock_transport(sandbox))
+    outcomes, _ = deliver([withdraw(1)], mock_transport(sandbox))
+    assert statuses(outcomes) == {Status.DELIVERED: 1}
+    assert sandbox.snapshot()["requests"]["nachocode.withdraw"]["by_status"]["410"] == 1
+
+
+def test_graceful_stop_leaves_the_rest_pending() -> None:
+    sandbox = app()
+    ops = [upsert(i) for i in range(1000)]
+    outcomes, _ = deliver(ops, mock_transport(sandbox), rate=50, stop_after=100)
+    by = statuses(outcomes)
+    assert by[Status.DELIVERED] >= 100 and by[Status.PENDING] > 0
+    assert by[Status.DELIVERED] + by[Status.PENDING] == 1000
+    assert len(sandbox.snapshot()["users"]) == by[Status.DELIVERED]
+
+
+# ---- classification (pure)
+
+
+def answer(status: int, body: object = None, **headers: str) -> Answer:
+    return Answer(status, {k.lower().replace("_", "-"): v for k, v in headers.items()},
+                  json.dumps(body).encode() if body is not None else b"")
+
+
+@pytest.mark.parametrize("status, kind", [
+    (200, None), (400, RejectedError), (401, CredentialsRejected), (404, CredentialsRejected),
+    (429, RateLimited), (500, RetriableError), (503, RetriableError), (408, RetriableError),
+])
+def test_blux_answers(status: int, kind: type | None) -> None:
+    found = blux_api.classify(answer(status, {"message": "x"}), 0.0)
+    assert (found is None) if kind is None else isinstance(found, kind)
+
+
+@pytest.mark.parametrize("status, code, kind", [
+    (200, None, None), (410, "ERR-AB-ACS-22", None), (403, "ERR-AB-ACS-21", HeldBack),
+    (401, "ERR-AB-SGK-13", CredentialsRejected), (404, "ERR-AB-KSY-13", CredentialsRejected),
+    (400, "ERR-AB-SGK-11", CredentialsRejected), (400, "ERR-AB-AGK-11", CredentialsRejected),
+    (400, "ERR-AB-KSY-11", CredentialsRejected), (400, "ERR-AB-AGK-12", CredentialsRejected),
+    (400, "ERR-AB-VAL-00", RejectedError), (500, None, RetriableError), (429, None, RateLimited),
+])
+def test_nachocode_answers(status: int, code: str | None, kind: type | None) -> None:
+    body = {"statusCode": status, "path": "/api/app-user/v2", "code": code, "message": "m"}
+    found = nacho_api.classify(answer(status, body), 0.0)
+    assert (found is None) if kind is None else isinstance(found, kind)
+
+
+def test_error_reasons_never_carry_personal_data() -> None:
+    found = blux_api.classify(answer(400, {"message": "bad phone 010-1234-5678 for a@b.com"}), 0)
+    assert found is not None
+    assert "010-1234-5678" not in str(found) and "a@b.com" not in str(found)
+
+
+# ---- retry policy and rate limits (pure)
+
+
+def test_retry_after_seconds_and_http_dates() -> None:
+    assert parse_retry_after("3", 0) == 3.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", 1445412480.0) == 10.0
+    assert parse_retry_after("soon", 0) is None and parse_retry_after(None, 0) is None
+    assert parse_retry_after("-5", 0) == 0.0
+    policy = RetryPolicy(retry_after_max=60)
+    assert policy.wait_for(3600, 1) == 60
+
+
+@given(st.integers(1, 12))
+def test_backoff_grows_and_is_capped(attempt: int) -> None:
+    policy = RetryPolicy(initial=0.5, maximum=30)
+    delay = policy.backoff(attempt)
+    assert 0.25 <= delay <= min(30, 0.5 * 2 ** (attempt - 1))
+
+
+@given(st.floats(0.5, 200), st.lists(st.floats(0, 0.2), min_size=1, max_size=300))
+def test_pacer_never_lets_more_than_the_rate_into_any_second(rate: float,
+                                                            gaps: list[float]) -> None:
+    """Whenever the callers ask, the granted times never put more than floor(rate) (at least one)
+    requests into any window of one second."""
+    pacer = Pacer.for_rate(rate)
+    now, granted = 0.0, []
+    for gap in gaps:
+        now += gap
+        now += pacer.delay(now)
+        pacer.record(now)
+        granted.append(now)
+    limit = max(1, int(rate))
+    j = 0
+    for i, t in enumerate(granted):
+        while granted[j] <= t - 1.0:
+            j += 1
+        assert i - j + 1 <= limit
+
+
+def test_async_limiter_paces_and_pauses() -> None:
+    clock = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    async def go() -> list[float]:
+        limiter = AsyncRateLimiter(Pacer.for_rate(20), lambda: clock[0], sleep)
+        times = []
+        for n in range(41):
+            if n == 20:
+                limiter.pause_until(clock[0] + 5)
+            await limiter.acquire()
+            times.append(clock[0])
+        return times
+
+    times = asyncio.run(go())
+    assert all(b - a >= 1.06 / 20 - 1e-9 for a, b in itertools.pairwise(times))
+    assert times[20] - times[19] >= 5 - 1e-9

@@ -1,0 +1,86 @@
+"""The demo runs to a clean finish; no log line ever carries a secret or personal data."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from syncer import logs
+from syncer.demo import run_demo
+from syncer.pipeline import Runtime, run_pass
+from syncer.sandbox import SandboxApp, mock_transport
+
+from .conftest import create_users_table, execute, insert_users, make_config, user_row
+
+
+def test_demo_runs_to_a_clean_finish(tmp_path: Path) -> None:
+    out = io.StringIO()
+    code = run_demo(users=400, keep=str(tmp_path / "demo"),
+                    console=Console(file=out, width=120))
+    text = out.getvalue()
+    assert code == 0, text
+    assert "Blux holds exactly the app's live users." in text
+    assert "0 API calls" in text
+    assert (tmp_path / "demo" / "state.db").exists()
+
+
+SECRET = "blux-secret-DO-NOT-LOG"
+NACHO_SECRET = "nacho-secret-DO-NOT-LOG"
+
+
+def test_logs_never_carry_secrets_or_personal_data(tmp_path: Path,
+                                                   sandbox_app: SandboxApp) -> None:
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    rows = [user_row(i, phone=f"010-5555-{1000 + i}", email=f"person{i}@private.example")
+            for i in range(1, 201)]
+    insert_users(src, rows)
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}",
+                         blux={"secret_key": SECRET}, nachocode={"secret_key": NACHO_SECRET})
+
+    inner = mock_transport(sandbox_app)
+    seen = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["n"] += 1
+        # The API echoes what it got, personal data and the key included: nothing may leak.
+        if seen["n"] % 3 == 0:
+            return httpx.Response(500, json={"message": f"boom {SECRET} for 010-5555-1001 "
+                                                        "person1@private.example"})
+        if b"person7@" in request.content:
+            return httpx.Response(400, json={"message": "bad user person7@private.example "
+                                                        "phone 01055551007"})
+        fixed = request.headers.copy()
+        if "authorization" in fixed:
+            fixed["authorization"] = "sandbox-blux-secret"
+        if "x-secret-key" in fixed:
+            fixed["x-secret-key"] = "sandbox-nacho-secret"
+        return inner.handle_request(httpx.Request(request.method, request.url, headers=fixed,
+                                                  content=request.content))
+
+    stream = io.StringIO()
+    logs.configure("debug", stream=stream, json=True)
+    logs.set_secrets(config.secret_values())
+    logging.getLogger("httpx").setLevel(logging.DEBUG)
+    rt = Runtime(config, transport=httpx.MockTransport(handler))
+    try:
+        first = run_pass(rt)
+        execute(src, "DELETE FROM users WHERE id <= 5")
+        execute(src, "UPDATE users SET phone = 'garbage 010-5555-1020' WHERE id = 20")
+        second = run_pass(rt)
+    finally:
+        rt.close()
+        logs.set_secrets(())
+    assert first.counts.get("updated", 0) > 150
+    assert second.counts.get("deleted", 0) == 5
+    text = stream.getvalue()
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "delivery.quarantined" for e in lines)
+    assert any(e["event"] == "delivery.retry" for e in lines)
+    for needle in [SECRET, NACHO_SECRET, "private.example", "5555", "01055551007", "garbage"]:
+        assert needle not in text, needle

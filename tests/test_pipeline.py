@@ -1,0 +1,236 @@
+"""Whole passes in-process: a real source (SQLite or PostgreSQL), the SQLite state, and the sandbox
+through httpx.MockTransport."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncer import commands
+from syncer.config import Config
+from syncer.model import Endpoint
+from syncer.pipeline import PassResult, Runtime, plan_pass, run_pass
+from syncer.sandbox import SandboxApp, mock_transport
+
+from .conftest import app_users, create_users_table, execute, insert_users, make_config, user_row
+
+
+def expected_blux(row: dict[str, Any]) -> dict[str, Any]:
+    """What Blux should hold for a test row, computed independently of syncer's mapping."""
+    props: dict[str, Any] = {}
+    if row["phone"]:
+        digits = "".join(ch for ch in row["phone"] if ch.isdigit())
+        props["phone_number"] = "0" + digits[2:] if digits.startswith("82") else digits
+    if row["email"]:
+        props["email_address"] = row["email"]
+    if row["marketing"] is not None:
+        props["marketing_notification_consent"] = bool(int(row["marketing"]))
+    if row["sms"] is not None:
+        props["marketing_notification_sms_consent"] = row["sms"] == "Y"
+    custom: dict[str, Any] = {}
+    if row["name"] is not None:
+        custom["name"] = row["name"]
+    if row["points"] is not None:
+        points = Decimal(str(row["points"]))
+        custom["points"] = int(points) if points == points.to_integral_value() else float(points)
+    return {"user_properties": props, "custom_user_properties": custom}
+
+
+def assert_mirror_matches(app: SandboxApp, source_url: str) -> None:
+    snap = app.snapshot()
+    live = app_users(source_url)
+    assert set(snap["users"]) == set(live)
+    for uid, row in live.items():
+        assert snap["users"][uid] == expected_blux(row), uid
+
+
+def once(config: Config, app: SandboxApp, **kw: Any) -> PassResult:
+    rt = Runtime(config, transport=mock_transport(app))
+    try:
+        rt.check()
+        return run_pass(rt, **kw)
+    finally:
+        rt.close()
+
+
+def requests(result: PassResult) -> dict[str, int]:
+    return {k.split(":", 1)[1]: v for k, v in result.counts.items() if k.startswith("requests:")}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def src(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    url = (f"sqlite:///{tmp_path / 'app.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    create_users_table(url)
+    return url
+
+
+def test_three_passes_first_load_changes_then_nothing(src: str, tmp_path: Path,
+                                                      sandbox_app: SandboxApp) -> None:
+    insert_users(src, [user_row(i) for i in range(1, 1201)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+
+    first = once(config, sandbox_app)
+    assert first.outcome == "ok", first.message
+    assert first.counts["updated"] == 1200
+    assert requests(first) == {"blux.update": 12}
+    assert_mirror_matches(sandbox_app, src)
+
+    execute(src, "UPDATE users SET name = 'renamed' WHERE id IN (1, 2, 3)")
+    execute(src, "UPDATE users SET marketing = 0 WHERE id IN (11, 13)")        # withdrawal
+    execute(src, "UPDATE users SET touched = 'again' WHERE id BETWEEN 100 AND 400")  # unmapped
+    execute(src, "UPDATE users SET phone = '+82 10-1010-2010' WHERE id = 10")  # same number
+    execute(src, "UPDATE users SET deleted_at = '2026-11-27' WHERE id IN (20, 21)")
+    execute(src, "DELETE FROM users WHERE id IN (30, 31, 32)")
+    insert_users(src, [user_row(i) for i in range(5000, 5004)])
+
+    second = once(config, sandbox_app)
+    assert second.outcome == "ok", second.message
+    assert second.counts["updated"] == 3 + 2 + 4
+    assert second.counts["deleted"] == 5 and second.counts["withdrawn"] == 5
+    assert second.counts["unchanged"] == 1          # the reformatted phone number
+    assert requests(second) == {"blux.update": 1, "blux.delete": 1, "nachocode.withdraw": 5}
+    assert_mirror_matches(sandbox_app, src)
+    snap = sandbox_app.snapshot()
+    assert set(snap["withdrawn_user_ids"]) == {"20", "21", "30", "31", "32"}
+
+    third = once(config, sandbox_app)
+    assert third.outcome == "ok"
+    assert requests(third) == {}
+    assert third.counts.get("candidates", 0) == 0
+
+
+def test_safety_valve_stops_a_mass_deletion_until_confirmed(tmp_path: Path,
+                                                           sandbox_app: SandboxApp) -> None:
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    insert_users(src, [user_row(i) for i in range(1, 401)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+    assert once(config, sandbox_app).outcome == "ok"
+    execute(src, "DELETE FROM users WHERE id > 100")   # a truncated table, say
+
+    tripped = once(config, sandbox_app)
+    assert tripped.outcome == "valve" and tripped.exit_code == 1
+    assert "300 of 400" in (tripped.message or "")
+    assert requests(tripped) == {}
+    assert len(sandbox_app.snapshot()["users"]) == 400
+
+    confirmed = once(config, sandbox_app, confirm=True)
+    assert confirmed.outcome == "ok" and confirmed.counts["deleted"] == 300
+    assert_mirror_matches(sandbox_app, src)
+
+
+def test_wrong_credentials_stop_quickly_and_lose_nothing(tmp_path: Path,
+                                                        sandbox_app: SandboxApp) -> None:
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    insert_users(src, [user_row(i) for i in range(1, 3001)])
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    bad = make_config(src, state, blux={"secret_key": "not-the-key", "max_in_flight": 4})
+    result = once(bad, sandbox_app)
+    assert result.outcome == "credentials" and result.exit_code == 3
+    assert "blux" in result.credentials
+    assert sum(requests(result).values()) <= 4
+    assert sandbox_app.snapshot()["users"] == {}
+    good = make_config(src, state)
+    again = once(good, sandbox_app)
+    assert again.outcome == "ok" and again.counts["updated"] == 3000
+    assert_mirror_matches(sandbox_app, src)
+
+
+def test_poison_user_is_quarantined_and_retried_only_when_it_changes(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    insert_users(src, [user_row(i) for i in range(1, 301)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+    sandbox_app.faults.reject_user_ids = frozenset({"42"})
+    first = once(config, sandbox_app)
+    assert first.outcome == "partial" and first.exit_code == 1
+    assert first.counts["quarantined"] == 1 and first.counts["updated"] == 299
+    status = commands.status(config)
+    assert [(q.user_id, q.destination) for q in status.quarantined] == [("42", "blux")]
+    assert "400" in status.quarantined[0].reason
+
+    second = once(config, sandbox_app)
+    assert second.outcome == "ok" and requests(second) == {}   # not retried: nothing changed
+
+    sandbox_app.faults.reject_user_ids = frozenset()
+    execute(src, "UPDATE users SET name = 'fixed' WHERE id = 42")
+    third = once(config, sandbox_app)
+    assert third.outcome == "ok" and third.counts["updated"] == 1
+    assert commands.status(config).quarantined == []
+    assert_mirror_matches(sandbox_app, src)
+
+
+def test_nachocode_403_holds_withdrawals_and_sends_them_once_enabled(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    insert_users(src, [user_row(i) for i in range(1, 101)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+    assert once(config, sandbox_app).outcome == "ok"
+    sandbox_app.faults.nachocode_disabled = True
+    execute(src, "DELETE FROM users WHERE id IN (1, 2, 3)")
+    held = once(config, sandbox_app)
+    assert held.outcome == "partial"
+    assert held.counts["deleted"] == 3 and held.counts.get("withdrawn", 0) == 0
+    assert "ERR-AB-ACS-21" in held.held[str(Endpoint.NACHOCODE_WITHDRAW)]
+    assert commands.status(config).destinations["nachocode"].startswith("held back")
+    sandbox_app.faults.nachocode_disabled = False
+    later = once(config, sandbox_app)
+    assert later.outcome == "ok"
+    assert later.counts["withdrawn"] == 3 and later.counts.get("deleted", 0) == 0
+    assert set(sandbox_app.snapshot()["withdrawn_user_ids"]) == {"1", "2", "3"}
+
+
+def test_plan_sends_and_records_nothing(tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    insert_users(src, [user_row(i) for i in range(1, 251)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+    rt = Runtime(config, transport=mock_transport(sandbox_app))
+    try:
+        result = plan_pass(rt)
+    finally:
+        rt.close()
+    assert result.outcome == "dry-run" and result.plan is not None
+    assert result.plan.ops == {"blux.update": 250}
+    assert result.plan.calls["blux.update"] == 3
+    assert result.plan.estimated_seconds == pytest.approx(3 / 1000)
+    sample = result.plan.samples[0]
+    assert sample.reason == "new" and sample.fields["custom.name"] == "user 1"
+    assert sandbox_app.snapshot()["requests"]["blux.update"]["total"] == 0
+    assert commands.status(config).passes == []
+    assert once(config, sandbox_app).counts["updated"] == 250
+    execute(src, "UPDATE users SET sms = 'N', name = 'x' WHERE id = 7")
+    rt = Runtime(config)
+    try:
+        (sample,) = plan_pass(rt).plan.samples  # type: ignore[union-attr]
+    finally:
+        rt.close()
+    assert sample.user_id == "7"
+    assert sample.fields == {"custom.name": "x", "marketing_notification_sms_consent": False}
+
+
+def test_bad_rows_cost_only_themselves(tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src, key_type="VARCHAR(20)")
+    rows = [user_row(i, id=f"u{i}") for i in range(1, 51)]
+    rows[3]["phone"] = "not a phone"
+    rows[4]["email"] = "nope"
+    rows[5]["id"] = "   "          # an empty key once trimmed
+    insert_users(src, rows)
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+    result = once(config, sandbox_app)
+    assert result.counts["updated"] == 49
+    assert result.counts["invalid_keys"] == 1 and result.counts["field_problems"] == 2
+    assert result.outcome == "partial"
+    users = sandbox_app.snapshot()["users"]
+    assert "phone_number" not in users["u4"]["user_properties"]
+    assert users["u4"]["custom_user_properties"]["name"] == "user 4"
+    problems = {(p.user_id, p.field) for p in commands.status(config).problems}
+    assert problems == {("u4", "phone_number"), ("u5", "email_address")}

@@ -1,0 +1,148 @@
+"""One contract for the state port, run against memory, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from syncer.model import Delivered, FieldProblem, KeyKind, Quarantine, UserWrite
+from syncer.state import StateStore
+from syncer.state.memory import MemoryStateStore
+from syncer.state.sql import SqlStateStore
+
+T0 = dt.datetime(2026, 11, 1, 12, 0, 0)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    if request.param == "memory":
+        s: StateStore = MemoryStateStore()
+    elif request.param == "sqlite":
+        s = SqlStateStore.from_url(f"sqlite:///{tmp_path / 'state.db'}")
+    else:
+        s = SqlStateStore.from_url(request.getfixturevalue("pg_state_url"))
+    yield s
+    s.close()
+
+
+def w(uid: str, **kw: object) -> UserWrite:
+    base: dict[str, object] = {"key_int": None, "source_key": None, "row_hash": 1, "gone": False,
+                               "dirty": False}
+    base.update(kw)
+    return UserWrite(uid, **base)  # type: ignore[arg-type]
+
+
+def test_salt_is_stable(store: StateStore) -> None:
+    assert len(store.salt()) == 16 and store.salt() == store.salt()
+
+
+def test_sql_salt_survives_reopening(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    first = SqlStateStore.from_url(url)
+    salt = first.salt()
+    first.close()
+    again = SqlStateStore.from_url(url)  # migrating twice is harmless
+    assert again.salt() == salt
+    again.close()
+
+
+def test_write_and_lookup_round_trip(store: StateStore) -> None:
+    fp, tags = b"f" * 16, b"\x01\x02\x03\x04"
+    store.write([
+        w("1", key_int=1, deliveries={"blux": Delivered(fp, tags, False)},
+          problems=(FieldProblem("phone_number", "not valid"),)),
+        w("2", key_int=2, gone=True, row_hash=None,
+          deliveries={"blux": Delivered(None, None, True),
+                      "nachocode": Delivered(None, None, True)}),
+        w("3", key_int=3, dirty=True, row_hash=None,
+          quarantine_set=(Quarantine("blux", b"q" * 16, "400: bad"),)),
+    ], T0)
+    found = store.lookup(["1", "2", "3", "404"])
+    assert set(found) == {"1", "2", "3"}
+    assert found["1"].deliveries["blux"] == Delivered(fp, tags, False)
+    assert found["1"].row_hash == 1 and not found["1"].gone
+    assert found["2"].gone and found["2"].deliveries["nachocode"].deleted
+    assert found["3"].dirty and found["3"].quarantine["blux"].reason == "400: bad"
+    assert store.known_users() == 2
+    counts = store.counts()
+    assert (counts.known, counts.gone, counts.dirty) == (2, 1, 1)
+    assert counts.quarantined == {"blux": 1} and counts.delivered == {"blux": 1}
+    assert counts.problems == 1
+    assert [p.field for p in store.problems(10)] == ["phone_number"]
+    assert [r.user_id for r in store.dirty_users(10)] == ["3"]
+
+
+def test_quarantine_attempts_and_clearing(store: StateStore) -> None:
+    q = Quarantine("blux", b"q" * 16, "400: first")
+    store.write([w("5", quarantine_set=(q,))], T0)
+    store.write([w("5", quarantine_set=(Quarantine("blux", b"q" * 16, "400: again"),))],
+                T0 + dt.timedelta(minutes=1))
+    (row,) = store.quarantined(10)
+    assert row.attempts == 2 and row.since == T0 and row.reason == "400: again"
+    store.write([w("5", quarantine_clear=("blux",),
+                   deliveries={"blux": Delivered(b"n" * 16, None, False)})], T0)
+    assert store.quarantined(10) == []
+    assert "blux" not in store.lookup(["5"])["5"].quarantine
+
+
+def test_forgetting_a_delivery_and_problems(store: StateStore) -> None:
+    store.write([w("7", deliveries={"nachocode": Delivered(None, None, True)},
+                   problems=(FieldProblem("a", "x"), FieldProblem("b", "y")))], T0)
+    store.write([w("7", deliveries={"nachocode": None}, problems=(FieldProblem("b", "z"),))], T0)
+    state = store.lookup(["7"])["7"]
+    assert "nachocode" not in state.deliveries
+    assert [(p.field, p.reason) for p in store.problems(10)] == [("b", "z")]
+    store.write([w("7", problems=())], T0)
+    assert store.problems(10) == []
+
+
+def test_scan_orders_integers_numerically_and_text_by_code_point(store: StateStore) -> None:
+    ints = [10, 9, 100, -3, 2**62]
+    store.write([w(str(i), key_int=i) for i in ints] + [w("zz"), w("ä")], T0)
+    scanned = [r.user_id for r in store.scan(KeyKind.INT)]
+    assert scanned[:5] == [str(i) for i in sorted(ints)]
+    assert sorted(scanned[5:]) == ["zz", "ä"]
+    texts = ["b", "B", "a", "10", "9", "é", "Z", "가"]
+    store.write([w(t) for t in texts], T0)
+    text_scan = [r.user_id for r in store.scan(KeyKind.TEXT) if r.user_id in texts]
+    assert text_scan == sorted(texts)
+
+
+def test_cursors(store: StateStore) -> None:
+    assert store.get_cursor("watermark") is None
+    store.set_cursor("watermark", "2026-01-01T00:00:00.123456+00:00", T0)
+    assert store.get_cursor("watermark") == "2026-01-01T00:00:00.123456+00:00"
+    store.set_cursor("watermark", "later", T0)
+    assert store.get_cursor("watermark") == "later"
+    store.set_cursor("watermark", None, T0)
+    assert store.get_cursor("watermark") is None
+
+
+def test_pass_history(store: StateStore) -> None:
+    first = store.start_pass("reconcile", "snapshot", T0, "host:1")
+    store.finish_pass(first, "ok", {"updated": 3}, None, T0 + dt.timedelta(seconds=2))
+    second = store.start_pass("incremental", "outbox", T0 + dt.timedelta(minutes=1), "host:1")
+    passes = store.recent_passes(10)
+    assert [p.id for p in passes] == [second, first]
+    assert passes[0].outcome == "running" and passes[1].counts == {"updated": 3}
+    assert passes[1].finished_at == T0 + dt.timedelta(seconds=2)
+
+
+def test_operator_retry_and_resync(store: StateStore) -> None:
+    store.write([
+        w("1", deliveries={"blux": Delivered(b"a" * 16, None, False)}),
+        w("2", quarantine_set=(Quarantine("blux", b"b" * 16, "400"),)),
+        w("3", gone=True, deliveries={"blux": Delivered(None, None, True)}),
+    ], T0)
+    assert store.requeue_quarantined(None) == 1
+    assert store.quarantined(10) == []
+    assert store.lookup(["2"])["2"].dirty
+    assert store.forget(["1"]) == 1
+    assert "blux" not in store.lookup(["1"])["1"].deliveries
+    assert store.lookup(["1"])["1"].dirty
+    # tombstones are kept: a resync never re-creates a deleted user
+    assert store.forget(None) == 0
+    assert store.lookup(["3"])["3"].deliveries["blux"].deleted
