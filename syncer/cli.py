@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from syncer import __version__, commands, logs
-from syncer.config import Config, load
+from syncer.config import Config, load, resolve_path
 from syncer.errors import ConfigError, SourceError, StateError, SyncerError
 from syncer.logs import LEVELS
 from syncer.pipeline import Progress as ProgressFn
@@ -28,29 +28,37 @@ log = structlog.get_logger("syncer.cli")
 EXIT_OK, EXIT_UNDELIVERED, EXIT_CONFIG, EXIT_CREDENTIALS = 0, 1, 2, 3
 
 
-def _level(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    return value.lower()
+def _level(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    return value.lower() if value else None
 
 
 def common(needs_config: bool = True, log_stream: str = "stderr",
            default_level: str = "info") -> Callable[[F], F]:
-    """``-c/--config`` (where the command needs one) and ``--log-level`` on every command."""
+    """``-c/--config`` (where the command needs one) and ``--log-level`` on every command; both
+    may also be given before the command (``syncer -c FILE once``)."""
 
     def wrap(fn: F) -> F:
         @click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False),
-                      default=default_level, show_default=True, callback=_level,
-                      help="How much to log (debug, info, warning, error; any case).")
+                      default=None, callback=_level,
+                      help=f"How much to log: debug, info, warning, error (any case) "
+                           f"[default: {default_level}].")
         @functools.wraps(fn)
-        def inner(*args: Any, log_level: str, **kwargs: Any) -> Any:
-            logs.configure(log_level, sys.stdout if log_stream == "stdout" else sys.stderr)
+        def inner(*args: Any, log_level: str | None, **kwargs: Any) -> Any:
+            outer = click.get_current_context().find_root().params
+            level = log_level or outer.get("log_level") or default_level
+            logs.configure(level, sys.stdout if log_stream == "stdout" else sys.stderr)
+            path = None
             try:
                 if needs_config:
-                    config = load(kwargs.pop("config"))
+                    path = str(resolve_path(kwargs.pop("config") or outer.get("config")))
+                    config = load(path)
                     logs.set_secrets(config.secret_values())
                     return fn(config, *args, **kwargs)
                 return fn(*args, **kwargs)
             except ConfigError as exc:
-                click.echo(f"error: {exc}", err=True)
+                prefix = f"{path}: " if path and exc.path is None else ""
+                for line in str(exc).splitlines():
+                    click.echo(f"error: {prefix}{line}", err=True)
                 sys.exit(EXIT_CONFIG)
             except (SourceError, StateError) as exc:
                 click.echo(f"error: {exc}", err=True)
@@ -87,8 +95,16 @@ def progress_bar(console: Console) -> Iterator[ProgressFn | None]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="syncer")
-def main() -> None:
-    """Keep an application's users in step with Blux (CRM) and nachocode (app push)."""
+@click.option("-c", "--config", type=click.Path(dir_okay=False), default=None,
+              help="Config file for the command [default: $SYNCER_CONFIG, then "
+                   "/etc/syncer/config.toml].")
+@click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False), default=None,
+              callback=_level, help="How much to log: debug, info, warning, error (any case).")
+def main(config: str | None, log_level: str | None) -> None:
+    """Keep an application's users in step with Blux (CRM) and nachocode (app push).
+
+    Exit codes: 0 done; 1 some users could not be delivered (or a database could not be
+    reached); 2 bad config or usage; 3 a destination rejected the credentials."""
 
 
 @main.command()
@@ -148,6 +164,39 @@ def migrate(config: Config) -> None:
     """Create or upgrade the state schema (also done at every start)."""
     where = commands.migrate(config)
     click.echo(f"state schema is up to date in {where}")
+
+
+@main.group()
+def outbox() -> None:
+    """The outbox table and triggers in the source database (capture mode "outbox")."""
+
+
+@outbox.command("install")
+@common()
+def outbox_install(config: Config) -> None:
+    """Create the outbox table and the triggers on the users table (harmless to repeat)."""
+    from syncer.capture import outbox as ob
+
+    click.echo(ob.install(config))
+
+
+@outbox.command("uninstall")
+@common()
+def outbox_uninstall(config: Config) -> None:
+    """Remove the outbox table and the triggers."""
+    from syncer.capture import outbox as ob
+
+    click.echo(ob.uninstall(config))
+
+
+@outbox.command("sql")
+@click.option("--uninstall", is_flag=True, help="Print the SQL that removes it instead.")
+@common()
+def outbox_sql(config: Config, uninstall: bool) -> None:
+    """Print the SQL for a DBA to run, instead of running it."""
+    from syncer.capture import outbox as ob
+
+    click.echo(ob.sql(config, uninstall=uninstall))
 
 
 @main.command()

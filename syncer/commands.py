@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from syncer.config import Config
+from syncer.errors import ConfigError, SyncerError
 from syncer.pipeline import PassResult, Progress, Runtime, plan_pass, run_pass, utcnow
 from syncer.state import PassRecord, ProblemRow, QuarantineRow, StateCounts
 from syncer.state.sql import SqlStateStore, create_state_engine
@@ -19,16 +20,41 @@ log = structlog.get_logger("syncer.commands")
 
 
 def open_runtime(config: Config, **kwargs: object) -> Runtime:
-    """Open the state (migrating it), the source (checking table and columns) and the mapping."""
+    """Open the state (migrating it), the source (checking table and columns) and the mapping.
+    Problems with both are reported together."""
     for note in config.warnings():
         log.warning("config.warning", message=note)
-    rt = Runtime(config, **kwargs)  # type: ignore[arg-type]
+    try:
+        rt = Runtime(config, **kwargs)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + _source_problems(config)) from None
     try:
         rt.check()
     except BaseException:
         rt.close()
         raise
     return rt
+
+
+def _source_problems(config: Config) -> list[str]:
+    """The source's own problems, checked without a state (to report everything at once)."""
+    from syncer.mapping import Mapping
+    from syncer.source import Source
+
+    try:
+        probe = Source(config.source, config.capture, Mapping(config.mapping, bytes(16)).columns,
+                       0, owners=config.column_owners())
+    except ConfigError as exc:
+        return exc.problems
+    try:
+        probe.check()
+    except ConfigError as exc:
+        return exc.problems
+    except SyncerError:
+        return []
+    finally:
+        probe.close()
+    return []
 
 
 def once(config: Config, *, reconcile: bool = False, confirm: bool = False,

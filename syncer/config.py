@@ -108,6 +108,7 @@ class CaptureConfig(_Model):
     reconcile_cron: str | None = "0 4 * * *"
     max_delete_fraction: float = Field(default=0.05, ge=0, le=1)
     max_delete_floor: int = Field(default=10, ge=0)
+    initial_deletions: Literal["skip", "send"] = "skip"
     listen_notify: bool = True
 
     @field_validator("reconcile_cron")
@@ -132,6 +133,7 @@ class CaptureConfig(_Model):
 
 class ScheduleConfig(_Model):
     interval_seconds: float = Field(default=30.0, gt=0)
+    max_pass_seconds: float = Field(default=600.0, gt=0)
 
 
 class StateConfig(_Model):
@@ -169,6 +171,15 @@ class MappingConfig(_Model):
 
     def user_property_columns(self) -> dict[str, str]:
         return {k: v for k, v in self.user_properties.model_dump().items() if v is not None}
+
+    def owners(self) -> dict[str, str]:
+        """Source column -> the config key that names it (for messages)."""
+        out: dict[str, str] = {}
+        for name, col in self.user_property_columns().items():
+            out.setdefault(col, f"[mapping.user_properties] {name}")
+        for name, col in self.custom_user_properties.items():
+            out.setdefault(col, f"[mapping.custom_user_properties] {name}")
+        return out
 
     def columns(self) -> list[str]:
         """Every source column the mapping reads, each once, in a stable order."""
@@ -261,6 +272,15 @@ class Config(_Model):
                 "[mapping.custom_user_properties] so there is something to send to Blux"
             )
         return self
+
+    def column_owners(self) -> dict[str, str]:
+        owners = self.mapping.owners()
+        owners[self.source.primary_key] = "[source] primary_key"
+        if self.capture.soft_delete_column:
+            owners[self.capture.soft_delete_column] = "[capture] soft_delete_column"
+        if self.capture.watermark_column and self.capture.mode == "watermark":
+            owners[self.capture.watermark_column] = "[capture] watermark_column"
+        return owners
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret in this config, for scrubbing free text before it is logged."""
@@ -401,6 +421,9 @@ def _describe(error: Mapping[str, Any]) -> str:
     }.get(kind) or str(error["msg"]).removeprefix("Value error, ")
     if kind == "literal_error":
         message = f"must be one of {ctx.get('expected')}"
+    if kind == "extra_forbidden" and loc[:2] == ["mapping", "user_properties"]:
+        message += ("; Blux's user properties are phone_number, email_address and the six "
+                    "consents; anything else goes in [mapping.custom_user_properties]")
     if not loc:
         return message
     if len(loc) == 1:
@@ -419,10 +442,15 @@ def parse(raw: Mapping[str, Any], *, path: str = "<config>", env: Mapping[str, s
     data: dict[str, Any] = _walk(dict(raw), "", os.environ if env is None else env, problems)
     _read_secret_files(data, base_dir or Path.cwd(), problems)
     config: Config | None = None
+    unset = {p.split(": environment variable", 1)[0] for p in problems
+             if ": environment variable" in p}
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems.extend(_describe(err) for err in exc.errors(include_url=False))
+        for err in exc.errors(include_url=False):
+            line = _describe(err)
+            if not any(line.startswith(key + " ") for key in unset):  # already explained
+                problems.append(line)
     if problems:
         raise ConfigError(sorted(dict.fromkeys(problems)), path=path)
     assert config is not None

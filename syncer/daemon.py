@@ -18,6 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from syncer.capture.outbox import NotifyListener, channel_name
 from syncer.commands import open_runtime
 from syncer.config import Config
 from syncer.errors import SyncerError
@@ -36,34 +37,47 @@ class Daemon:
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.last_result: PassResult | None = None
         self.passes = 0
+        self.listener: NotifyListener | None = None
 
     # -- passes
 
     def run_one(self, reconcile: bool = False) -> PassResult | None:
+        """One pass (never two at once); again right away while wake-ups arrived during it or
+        the capture left work behind."""
         if self.stop.is_set() or self.rt is None:
             return None
+        result = None
         with self._pass_lock:
-            if self.stop.is_set():
-                return None
-            self._wake.clear()
-            try:
-                result = run_pass(self.rt, reconcile=reconcile, stop=self.stop)
-            except SyncerError as exc:
-                log.error("pass.error", error=str(exc))
-                return None
-            except Exception:
-                log.exception("pass.crashed")
-                return None
-            self.last_result = result
-            self.passes += 1
-            return result
+            while not self.stop.is_set():
+                self._wake.clear()
+                result = self._pass(reconcile)
+                reconcile = False
+                if result is None or not (self._wake.is_set() or result.more):
+                    break
+        return result
+
+    def _pass(self, reconcile: bool) -> PassResult | None:
+        assert self.rt is not None
+        try:
+            result = run_pass(self.rt, reconcile=reconcile, stop=self.stop,
+                              time_limit=self.config.schedule.max_pass_seconds)
+        except SyncerError as exc:
+            log.error("pass.error", error=str(exc))
+            return None
+        except Exception:
+            log.exception("pass.crashed")
+            return None
+        self.last_result = result
+        self.passes += 1
+        return result
 
     def wake(self) -> None:
-        """Start a pass as soon as possible (a NOTIFY arrived)."""
+        """Start a pass as soon as possible (a NOTIFY arrived); a burst of them within a few
+        milliseconds, or during a pass, makes one more pass."""
         self._wake.set()
         job = self.scheduler.get_job("pass")
         if job is not None:
-            job.modify(next_run_time=_now())
+            job.modify(next_run_time=_now() + dt.timedelta(milliseconds=20))
 
     # -- lifecycle
 
@@ -80,6 +94,13 @@ class Daemon:
                                    kwargs={"reconcile": True}, id="reconcile", max_instances=1,
                                    coalesce=True, misfire_grace_time=3600)
         self.scheduler.start()
+        capture = self.config.capture
+        if (capture.mode == "outbox" and capture.listen_notify
+                and self.rt.source.dialect == "postgresql"):
+            self.listener = NotifyListener(self.config.source.url,
+                                           channel_name(capture.outbox_table), self.wake,
+                                           self.stop)
+            self.listener.start()
         log.info("daemon.started", mode=self.config.capture.mode, interval_seconds=interval,
                  reconcile_cron=cron)
 
@@ -90,6 +111,8 @@ class Daemon:
         # wait for a pass that is finishing its in-flight requests
         with self._pass_lock:
             pass
+        if self.listener is not None:
+            self.listener.join(timeout=5)
         if self.rt is not None:
             self.rt.close()
         log.info("daemon.stopped", passes=self.passes)

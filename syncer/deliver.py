@@ -120,6 +120,7 @@ class Deliverer:
                                                 asyncio.Semaphore(sender.max_in_flight))
         self.credentials: dict[str, str] = {}  # destination -> why its keys were refused
         self.held: dict[Endpoint, str] = {}
+        self.pending_reasons: dict[Endpoint, str] = {}  # the last reason an operation waits
         self._outstanding = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -200,6 +201,8 @@ class Deliverer:
     # -- internals
 
     def _resolve(self, ops: Sequence[Op], status: Status, reason: str = "") -> None:
+        if status is Status.PENDING and ops and reason:
+            self.pending_reasons[ops[0].endpoint] = reason
         for op in ops:
             self.on_outcome(Outcome(op, status, reason))
         self._outstanding -= len(ops)

@@ -73,7 +73,7 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(_late(stream)),
         cache_logger_on_first_use=False,
     )
     # Libraries log through the standard library: keep them to warnings, through the same scrub.
@@ -88,6 +88,28 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
     root.setLevel(max(numeric, logging.WARNING))
     for name in ("httpx", "httpcore", "alembic", "apscheduler", "sqlalchemy"):
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+
+
+class _LateStream:
+    """sys.stdout or sys.stderr as it is when a line is written, so that a progress bar that
+    redirects them keeps log lines apart from the bar."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def write(self, text: str) -> int:
+        return int(getattr(sys, self.name).write(text))
+
+    def flush(self) -> None:
+        getattr(sys, self.name).flush()
+
+
+def _late(stream: TextIO) -> Any:
+    if stream is sys.__stdout__ or stream is sys.stdout:
+        return _LateStream("stdout")
+    if stream is sys.__stderr__ or stream is sys.stderr:
+        return _LateStream("stderr")
+    return stream
 
 
 class _ScrubbingFormatter(logging.Formatter):

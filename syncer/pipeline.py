@@ -25,7 +25,9 @@ import structlog
 
 from syncer import __version__, diff, normalize
 from syncer.capture import Candidates, Capture, CaptureContext
+from syncer.capture.outbox import OutboxCapture
 from syncer.capture.snapshot import SnapshotCapture
+from syncer.capture.watermark import WatermarkCapture
 from syncer.config import Config
 from syncer.deliver import Deliverer, NullObserver, Observer
 from syncer.destinations import Sender
@@ -88,7 +90,8 @@ class Runtime:
         self.state: StateStore = state or SqlStateStore.from_url(config.state.url)
         self.mapping = Mapping(config.mapping, self.state.salt())
         self.source = source or Source(config.source, config.capture, self.mapping.columns,
-                                       self.mapping.signature())
+                                       self.mapping.signature(),
+                                       owners=config.column_owners())
         self.senders = build_senders(config)
         self.destinations = frozenset(s.endpoint.destination for s in self.senders)
         self.transport = transport
@@ -103,6 +106,7 @@ class Runtime:
         self._source_pool = ThreadPoolExecutor(1, thread_name_prefix="syncer-source")
         self._state_pool = ThreadPoolExecutor(1, thread_name_prefix="syncer-state")
         self.last_credentials: dict[str, str] = {}
+        self.source_seconds = 0.0  # time spent on source work (queries, fetches, hashing)
 
     @property
     def ctx(self) -> CaptureContext:
@@ -112,15 +116,29 @@ class Runtime:
         mode = self.config.capture.mode
         if reconcile or mode == "snapshot":
             return SnapshotCapture()
-        raise ConfigError(f"[capture] mode = {mode!r} is not available in this version yet; "
-                          "use mode = \"snapshot\"")
+        if mode == "watermark":
+            return WatermarkCapture(self.config.capture)
+        return OutboxCapture(self.config.capture, self.config.source)
 
     def check(self) -> None:
-        """Fail fast on a source that cannot serve this config (missing table or columns)."""
+        """Fail fast on a source that cannot serve this config (missing table or columns, or
+        an outbox that was never installed)."""
         self.source.check()
+        capture = self.capture(reconcile=False)
+        if isinstance(capture, OutboxCapture):
+            capture.check(self.ctx)
 
     async def in_source(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._source_pool, fn, *args)
+        """Run source work on the source thread; its time is counted in ``source_seconds``."""
+
+        def timed() -> T:
+            started = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.source_seconds += time.perf_counter() - started
+
+        return await asyncio.get_running_loop().run_in_executor(self._source_pool, timed)
 
     async def in_state(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._state_pool, fn, *args)
@@ -192,6 +210,7 @@ class PassResult:
     message: str | None = None
     seconds: float = 0.0
     plan: Plan | None = None
+    more: bool = False  # the capture left work: run the next pass right away
 
     @property
     def exit_code(self) -> int:
@@ -217,8 +236,12 @@ class _Work:
 
 class _Pass:
     def __init__(self, rt: Runtime, *, reconcile: bool, confirm: bool, dry_run: bool,
-                 stop: threading.Event | None, progress: Progress | None) -> None:
+                 stop: threading.Event | None, progress: Progress | None,
+                 time_limit: float | None = None) -> None:
         self.rt = rt
+        self.time_limit = time_limit
+        self.timed_out = False
+        self.initial = False
         self.reconcile = reconcile
         self.confirm = confirm
         self.dry_run = dry_run
@@ -231,6 +254,7 @@ class _Pass:
         self.deliverer: Deliverer | None = None
         self.capture = rt.capture(reconcile)
         self.kind = "reconcile" if isinstance(self.capture, SnapshotCapture) else "incremental"
+        self.more = False
         self.key_kind: KeyKind = KeyKind.TEXT
 
     # -- results of deliveries
@@ -276,9 +300,15 @@ class _Pass:
                 records[uid] = UserRecord(uid, key, None, deleted=True)
         states = rt.state.lookup(list(records))
         out: list[_Work] = []
+        skip_history = self.initial and rt.config.capture.initial_deletions == "skip"
         for uid, record in records.items():
             state = states.get(uid)
-            ops = diff.operations(record, state, rt.mapping, rt.destinations)
+            if skip_history and record.deleted and state is None:
+                # Deleted before syncer ever ran: recorded as history, not sent.
+                self.counts["deleted_before_first_pass"] += 1
+                ops: list[Op] = []
+            else:
+                ops = diff.operations(record, state, rt.mapping, rt.destinations)
             key = record.source_key
             key_int = key if self.key_kind is KeyKind.INT and type(key) is int else None
             text = key if isinstance(key, str) else None
@@ -318,6 +348,11 @@ class _Pass:
             outcome, message = "valve", str(exc)
             log.error("pass.safety_valve", deletions=exc.deletions, known=exc.known,
                       fraction=exc.fraction)
+        except ConfigError as exc:
+            if pass_id is not None:
+                await rt.in_state(rt.state.finish_pass, pass_id, "failed", self._counts(),
+                                  str(exc), utcnow(), self.kind)
+            raise
         except SyncerError as exc:
             outcome, message = "failed", str(exc)
             log.error("pass.failed", error=str(exc))
@@ -331,13 +366,15 @@ class _Pass:
         rt.last_credentials = credentials
         counts = self._counts()
         if pass_id is not None:
-            await rt.in_state(rt.state.finish_pass, pass_id, outcome, counts, message, utcnow())
+            await rt.in_state(rt.state.finish_pass, pass_id, outcome, counts, message, utcnow(),
+                              self.kind)
         seconds = time.monotonic() - started
         log.info("pass.completed", kind=self.kind, mode=rt.config.capture.mode, outcome=outcome,
                  seconds=round(seconds, 3), pass_id=pass_id,
                  **{k: v for k, v in counts.items() if ":" not in k})
         return PassResult(pass_id, self.kind, rt.config.capture.mode, outcome, counts,
-                          credentials, held, message, seconds, self.plan if self.dry_run else None)
+                          credentials, held, message, seconds, self.plan if self.dry_run else None,
+                          self.more and outcome == "ok")
 
     def _counts(self) -> dict[str, int]:
         counts = {k: v for k, v in self.counts.items() if v}
@@ -354,8 +391,13 @@ class _Pass:
     async def _run(self) -> tuple[str, str | None]:
         rt = self.rt
         self.key_kind = await rt.in_source(rt.source.key_kind)
+        self.initial = not await rt.in_state(rt.state.has_users) and not any(
+            p.outcome in ("ok", "partial") for p in await rt.in_state(rt.state.recent_passes, 50))
         self._progress("capture", 0, None)
         found: Candidates = await rt.in_source(self.capture.collect, rt.ctx)
+        if found.reconcile:
+            self.kind = "reconcile"
+        self.more = found.more
         self.counts["scanned"] = found.scanned
         self.counts["candidates"] = found.total
         for key, reason in found.invalid:
@@ -386,20 +428,31 @@ class _Pass:
             finally:
                 watcher.cancel()
         await self._flush()
-        stopped = self.stop.is_set()
+        stopped = self.stop.is_set() or self.timed_out
         if found.commit is not None and not stopped:
             await rt.in_source(found.commit)
         if deliverer.credentials:
             return "credentials", "; ".join(deliverer.credentials.values())
+        if self.timed_out:
+            self.more = True
+            return "partial", (f"the pass reached [schedule] max_pass_seconds "
+                               f"({self.time_limit:g}s); the rest is sent next pass")
         if stopped:
             return "stopped", "stopped before the pass finished; the rest is sent next pass"
         if self.counts["pending"] or self.counts["quarantined"] or self.counts["invalid_keys"]:
-            held = "; ".join(deliverer.held.values())
-            return "partial", held or None
+            reasons = {str(ep): why for ep, why in deliverer.pending_reasons.items()}
+            reasons.update({str(ep): why for ep, why in deliverer.held.items()})
+            return "partial", "; ".join(f"{ep}: {why}" for ep, why in sorted(reasons.items())) \
+                or None
         return "ok", None
 
     async def _watch_stop(self) -> None:
+        deadline = (time.monotonic() + self.time_limit) if self.time_limit else None
         while not self.stop.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                self.timed_out = True
+                log.warning("pass.time_limit", seconds=self.time_limit)
+                break
             await asyncio.sleep(0.1)
         if self.deliverer is not None:
             self.deliverer.stop_accepting()
@@ -410,7 +463,7 @@ class _Pass:
         size = rt.config.source.chunk_size
         done = 0
         for keys in self.segments(found):
-            if self.stop.is_set():
+            if self.stop.is_set() or self.timed_out:
                 break
             for work in await rt.in_source(self.examine, keys):
                 if not work.ops:
@@ -467,10 +520,12 @@ def _sample(op: Op) -> Sample:
 
 
 def run_pass(rt: Runtime, *, reconcile: bool = False, confirm: bool = False,
-             stop: threading.Event | None = None, progress: Progress | None = None) -> PassResult:
-    """One pass: send what changed, record what was delivered."""
+             stop: threading.Event | None = None, progress: Progress | None = None,
+             time_limit: float | None = None) -> PassResult:
+    """One pass: send what changed, record what was delivered. With ``time_limit`` (the
+    daemon), a pass that runs longer stops taking new work and leaves the rest to the next."""
     return asyncio.run(_Pass(rt, reconcile=reconcile, confirm=confirm, dry_run=False, stop=stop,
-                             progress=progress).run())
+                             progress=progress, time_limit=time_limit).run())
 
 
 def plan_pass(rt: Runtime, *, reconcile: bool = False,

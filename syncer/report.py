@@ -23,6 +23,7 @@ _COUNT_NAMES = {
     "pending": "pending (sent next pass)",
     "field_problems": "fields left out (could not be normalised)",
     "invalid_keys": "rows with an invalid key",
+    "deleted_before_first_pass": "already deleted before the first pass (history, not sent)",
 }
 
 
@@ -62,6 +63,10 @@ def pass_summary(console: Console, result: PassResult) -> None:
         console.print(f"[yellow]{ep}:[/] {escape(why)}")
     if result.message and result.outcome not in ("credentials",):
         console.print(escape(result.message))
+    if result.counts.get("deleted_before_first_pass"):
+        console.print("  [dim]rows deleted before syncer's first pass are recorded, not sent; "
+                      'set [capture] initial_deletions = "send" before the first pass to send '
+                      "them[/]")
 
 
 def plan_report(console: Console, result: PassResult) -> None:
@@ -79,10 +84,14 @@ def plan_report(console: Console, result: PassResult) -> None:
     verdict = "[red]would trip[/]" if plan.valve_trips else "[green]ok[/]"
     console.print(f"deletions of known users: {plan.known_deletions} of {plan.known_users} "
                   f"(safety valve allows {plan.valve_limit:.0f}): {verdict}")
+    console.print("[dim]plan sends nothing, so it does not check the credentials[/]")
     if plan.position:
         console.print("capture position: " + escape(json.dumps(plan.position, default=str)))
     if plan.samples:
-        sample = Table("user", "endpoint", "why", "fields (new values)", title="sample")
+        total = sum(plan.ops.values())
+        sample = Table("user", "endpoint", "why", "fields (new values)",
+                       title=f"sample: {len(plan.samples)} of {total} operations")
+        sample.columns[3].overflow = "fold"
         for s in plan.samples:
             fields = ", ".join(f"{k}={v!r}" for k, v in s.fields.items()) or "-"
             sample.add_row(escape(s.user_id), s.endpoint, s.reason, escape(fields))
@@ -98,15 +107,18 @@ def status_report(console: Console, report: StatusReport) -> None:
     c = report.counts
     console.print(f"known users {c.known}, deleted {c.gone}, pending {c.dirty}; "
                   f"last successful pass {_ago(report.last_success)}")
-    health = Table("destination", "health", "users delivered", "quarantined")
+    health = Table("destination", "health", "users held", "deleted/withdrawn", "quarantined")
     for dest, state in report.destinations.items():
-        health.add_row(dest, state, str(c.delivered.get(dest, 0)),
+        held = str(c.delivered.get(dest, 0)) if dest == "blux" else "-"
+        health.add_row(dest, state, held, str(c.tombstones.get(dest, 0)),
                        str(c.quarantined.get(dest, 0)))
     console.print(health)
     if report.position:
         console.print("capture position: " + escape(json.dumps(report.position, default=str)))
     passes = Table("#", "started", "kind", "outcome", "seconds", "sent", "message",
                    title="recent passes")
+    passes.columns[3].no_wrap = True
+    passes.columns[6].overflow = "fold"
     for p in report.passes:
         took = f"{(p.finished_at - p.started_at).total_seconds():.1f}" if p.finished_at else "-"
         sent = ", ".join(f"{k} {p.counts[k]}" for k in ("updated", "deleted", "withdrawn",
@@ -116,13 +128,17 @@ def status_report(console: Console, report: StatusReport) -> None:
                        sent or "-", escape((p.message or "")[:80]))
     console.print(passes)
     if report.quarantined:
-        q = Table("destination", "user", "since", "attempts", "reason", title="quarantined")
+        q = Table("destination", "user", "since", "attempts", "reason",
+                  title=f"quarantined ({len(report.quarantined)} of "
+                        f"{sum(c.quarantined.values())})")
+        q.columns[4].overflow = "fold"
         for row in report.quarantined:
             q.add_row(row.destination, escape(row.user_id), _ago(row.since), str(row.attempts),
                       escape(row.reason[:100]))
         console.print(q)
     if report.problems:
-        pr = Table("user", "field", "since", "reason", title="fields left out")
+        pr = Table("user", "field", "since", "reason",
+                   title=f"fields left out (newest first; {c.problems} users in all)")
         for problem in report.problems:
             pr.add_row(escape(problem.user_id), problem.field, _ago(problem.since),
                        escape(problem.reason))

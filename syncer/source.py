@@ -13,6 +13,7 @@ Nothing here interprets the values; :mod:`syncer.mapping` does.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import uuid
 from collections.abc import Iterator, Sequence
@@ -73,15 +74,19 @@ class Source:
     """Reads one users table (or query) of one database."""
 
     def __init__(self, config: SourceConfig, capture: CaptureConfig, columns: Sequence[str],
-                 seed: int, engine: Engine | None = None) -> None:
+                 seed: int, engine: Engine | None = None,
+                 owners: dict[str, str] | None = None) -> None:
         self.config = config
+        self.owners = dict(owners or {})  # column -> the config key that names it
         self.engine = engine or create_source_engine(config.url)
         self.dialect = self.engine.dialect.name
         self.soft_delete = capture.soft_delete_column
+        self.watermark = capture.watermark_column if capture.mode == "watermark" else None
         self.columns = list(columns)
         self.seed = seed
         self._kind: KeyKind | None = None
         self._pk_type: satypes.TypeEngine[Any] | None = None
+        self.column_types: dict[str, satypes.TypeEngine[Any]] = {}
         prep = self.engine.dialect.identifier_preparer
         self.q = prep.quote
         if config.table:
@@ -138,8 +143,9 @@ class Source:
     def check(self) -> None:
         """Connect, and make sure the table (or query) has the key and every mapped column."""
         wanted = [self.config.primary_key, *self.columns]
-        if self.soft_delete:
-            wanted.append(self.soft_delete)
+        for extra in (self.soft_delete, self.watermark):
+            if extra:
+                wanted.append(extra)
         with self.connect() as conn:
             try:
                 if self.config.table:
@@ -148,6 +154,7 @@ class Source:
                         self.config.table, schema=self.config.schema_)}
                     have = set(cols)
                     self._pk_type = cols.get(self.config.primary_key)
+                    self.column_types = cols
                 else:
                     result = conn.execute(text(f"SELECT * FROM {self.relation} LIMIT 0"))
                     have = set(result.keys())
@@ -159,9 +166,14 @@ class Source:
                     from exc
         missing = [c for c in dict.fromkeys(wanted) if c not in have]
         if missing:
-            where = f"table {self.config.table!r}" if self.config.table else "[source] query"
-            raise ConfigError(f"{where} has no column(s) {', '.join(missing)} "
-                              "(named in [source] primary_key, [mapping] or [capture])")
+            where = f"table {self.config.table!r}" if self.config.table else "the [source] query"
+            problems = []
+            for column in missing:
+                hint = difflib.get_close_matches(column, sorted(have), n=1)
+                owner = self.owners.get(column, "a key")
+                problems.append(f"{owner} = {column!r}: {where} has no column {column!r}"
+                                + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            raise ConfigError(problems)
 
     def key_kind(self) -> KeyKind:
         if self._kind is None:
@@ -241,28 +253,77 @@ class Source:
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot scan {self.description}: {describe_error(exc)}") from exc
 
-    def read(self, keys: Sequence[object]) -> list[RawRow]:
-        """The current rows for these keys, with their mapped values. Absent keys are absent."""
+    def _select_head(self) -> tuple[str, bool]:
+        """The columns every read returns: key, row hash (or NULL), soft-delete flag, mapped
+        columns. The second value says whether the database computed the hash."""
+        expr = self.hash_expr()
+        cols = "".join(", " + self.q(c) for c in self.columns)
+        return f"{self.pk}, {expr or 'NULL'}, {self._soft_expr()}{cols}", expr is not None
+
+    def _raw(self, row: Any, db_hash: bool, values: bool) -> RawRow:
+        mapped = row[3:3 + len(self.columns)]
+        soft = row[2]
+        h = self._row_hash(row[1]) if db_hash else py_row_hash(self.seed, row[0], (*mapped, soft))
+        return RawRow(row[0], h, is_deleted_flag(soft),
+                      dict(zip(self.columns, mapped, strict=True)) if values else None)
+
+    def read(self, keys: Sequence[object], *, values: bool = True) -> list[RawRow]:
+        """The current rows for these keys (with their mapped values unless ``values`` is
+        false). Absent keys are absent."""
         if not keys:
             return []
-        expr = self.hash_expr()
-        cols = ", ".join(self.q(c) for c in self.columns)
-        head = f"{self.pk}, {expr if expr else 'NULL'}, {self._soft_expr()}"
-        sql = f"SELECT {head}{', ' + cols if cols else ''} FROM {self.relation} WHERE "
+        head, db_hash = self._select_head()
+        if not values and db_hash:
+            head = f"{self.pk}, {self.hash_expr()}, {self._soft_expr()}"
+        sql = f"SELECT {head} FROM {self.relation} WHERE "
         out: list[RawRow] = []
         try:
             with self.connect() as conn:
                 for i in range(0, len(keys), _READ_CHUNK):
                     part = list(keys[i:i + _READ_CHUNK])
-                    for row in self._in_query(conn, sql, part):
-                        values = dict(zip(self.columns, row[3:], strict=True))
-                        soft = row[2]
-                        h = self._row_hash(row[1]) if expr else py_row_hash(
-                            self.seed, row[0], (*row[3:], soft))
-                        out.append(RawRow(row[0], h, is_deleted_flag(soft), values))
+                    out.extend(self._raw(row, db_hash, values)
+                               for row in self._in_query(conn, sql, part))
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot read {self.description}: {describe_error(exc)}") from exc
         return out
+
+    def since(self, column: str, low: object, *, exclusive: bool = False
+              ) -> Iterator[tuple[RawRow, object]]:
+        """Rows whose ``column`` is at or after ``low`` (strictly after when ``exclusive``;
+        every row when ``low`` is None), as (key, hash, deleted) with the column's value. One
+        streamed, index-friendly query."""
+        head, db_hash = self._select_head()
+        if db_hash:
+            head = f"{self.pk}, {self.hash_expr()}, {self._soft_expr()}"
+        col = self.q(column)
+        op = ">" if exclusive else ">="
+        where = f" WHERE {col} {op} :low" if low is not None else f" WHERE {col} IS NOT NULL"
+        sql = text(f"SELECT {head}, {col} FROM {self.relation}{where}")
+        params = {"low": low} if low is not None else {}
+        try:
+            with self.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=5000) \
+                    .execute(sql, params)
+                for row in result:
+                    yield self._raw(row, db_hash, False), row[-1]
+        except SQLAlchemyError as exc:
+            raise SourceError(f"cannot read {self.description}: {describe_error(exc)}") from exc
+
+    def scalar(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        try:
+            with self.connect() as conn:
+                return conn.execute(text(sql), params or {}).scalar()
+        except SQLAlchemyError as exc:
+            raise SourceError(f"cannot read {self.description}: {describe_error(exc)}") from exc
+
+    def run(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+        """Rows of one statement in its own transaction (committed when it writes)."""
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(text(sql), params or {})
+                return list(result) if result.returns_rows else []
+        except SQLAlchemyError as exc:
+            raise SourceError(f"{self.description}: {describe_error(exc)}") from exc
 
     def _in_query(self, conn: Connection, sql: str, keys: list[object]) -> Any:
         if self.dialect == "postgresql":

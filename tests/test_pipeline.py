@@ -234,3 +234,28 @@ def test_bad_rows_cost_only_themselves(tmp_path: Path, sandbox_app: SandboxApp) 
     assert users["u4"]["custom_user_properties"]["name"] == "user 4"
     problems = {(p.user_id, p.field) for p in commands.status(config).problems}
     assert problems == {("u4", "phone_number"), ("u5", "email_address")}
+
+
+@pytest.mark.parametrize("policy", ["skip", "send"])
+def test_rows_deleted_before_the_first_pass(tmp_path: Path, sandbox_app: SandboxApp,
+                                            policy: str) -> None:
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    insert_users(src, [user_row(i, deleted_at="2020-01-01" if i <= 30 else None)
+                       for i in range(1, 101)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}",
+                         capture={"initial_deletions": policy})
+    first = once(config, sandbox_app)
+    assert first.outcome == "ok" and first.counts["updated"] == 70
+    if policy == "skip":
+        assert first.counts["deleted_before_first_pass"] == 30
+        assert requests(first) == {"blux.update": 1}
+    else:
+        assert first.counts["deleted"] == 30 and first.counts["withdrawn"] == 30
+    # history is recorded once: later passes neither send it nor count it again
+    again = once(config, sandbox_app)
+    assert requests(again) == {} and "deleted_before_first_pass" not in again.counts
+    # a user deleted after the first pass is always sent, even one syncer never saw alive
+    insert_users(src, [user_row(500, deleted_at="2026-11-27")])
+    later = once(config, sandbox_app)
+    assert later.counts["deleted"] == 1 and later.counts["withdrawn"] == 1

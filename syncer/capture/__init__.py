@@ -13,11 +13,15 @@ do once the pass has recorded its results (advance a cursor, remove handled outb
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from syncer import normalize
 from syncer.mapping import Mapping
+from syncer.model import RawRow
+from syncer.normalize import Invalid
 from syncer.source import Source
 from syncer.state import StateStore
 
@@ -29,7 +33,8 @@ class Candidates:
     changed: list[object] = field(default_factory=list)   # keys that may differ from the state
     invalid: list[tuple[str, str]] = field(default_factory=list)  # (key as text, why)
     scanned: int = 0                                       # rows the capture looked at
-    known_deleted: int = 0                                 # of `deleted`, users the state knew
+    known_deleted: int = 0         # deletions (soft or absent) of users the state knows alive
+    more: bool = False             # the capture left work for an immediate next pass
     position: dict[str, object] = field(default_factory=dict)
     commit: Callable[[], None] | None = None               # run after the results are recorded
     reconcile: bool = False
@@ -41,7 +46,7 @@ class Candidates:
     @property
     def known_deletions(self) -> int:
         """Deletions of users the state knows alive: what the safety valve weighs."""
-        return self.known_deleted + len(self.absent)
+        return self.known_deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +64,73 @@ class Capture(Protocol):
 
     def position(self, ctx: CaptureContext) -> dict[str, object]:
         """Where the capture stands (for ``plan`` and ``status``), without changing anything."""
+
+
+_CHUNK = 5000
+
+
+def sort_rows(ctx: CaptureContext, rows: Iterable[RawRow], out: Candidates,
+              seen: set[str]) -> None:
+    """Keep the rows whose hash differs from the state's (or that are pending), sorted into
+    deletions and changes. ``seen`` holds user ids already taken, so a user is taken once."""
+    for chunk in _batched(rows):
+        valid: list[tuple[RawRow, str]] = []
+        for row in chunk:
+            try:
+                uid = normalize.user_id(row.key)
+            except Invalid as exc:
+                out.invalid.append((repr(row.key)[:64], str(exc)))
+                continue
+            if uid not in seen:
+                seen.add(uid)
+                valid.append((row, uid))
+        out.scanned += len(chunk)
+        known = ctx.state.peek([uid for _, uid in valid])
+        for row, uid in valid:
+            st = known.get(uid)
+            if (st is not None and not st.dirty and row.row_hash is not None
+                    and st.row_hash == row.row_hash):
+                continue
+            if row.deleted:
+                out.deleted.append(row.key)
+                out.known_deleted += bool(st is not None and not st.gone)
+            else:
+                out.changed.append(row.key)
+
+
+def sort_keys(ctx: CaptureContext, keys: Sequence[object], out: Candidates,
+              seen: set[str]) -> None:
+    """Keys that may have changed (outbox rows, pending users): read their rows and sort them
+    like :func:`sort_rows`; a key with no row is a deletion, unless the state already has it
+    deleted everywhere."""
+    for i in range(0, len(keys), _CHUNK):
+        part = [k for k in keys[i:i + _CHUNK] if _uid(k) not in seen]
+        rows = ctx.source.read(part, values=False)
+        sort_rows(ctx, rows, out, seen)
+        missing = [(k, uid) for k in part if (uid := _uid(k)) is not None and uid not in seen]
+        known = ctx.state.peek([uid for _, uid in missing])
+        for key, uid in missing:
+            seen.add(uid)
+            st = known.get(uid)
+            if st is not None and st.gone and not st.dirty:
+                continue
+            out.absent.append(key)
+            out.known_deleted += bool(st is not None and not st.gone)
+
+
+def pending_keys(ctx: CaptureContext, limit: int = 100_000) -> list[object]:
+    """Users a previous pass could not finish (their sends are still pending)."""
+    return [ctx.source.typed_key(r.user_id, r.source_key) for r in ctx.state.dirty_users(limit)]
+
+
+def _uid(key: object) -> str | None:
+    try:
+        return normalize.user_id(key)
+    except Invalid:
+        return None
+
+
+def _batched(rows: Iterable[RawRow]) -> Iterator[list[RawRow]]:
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, _CHUNK)):
+        yield chunk

@@ -94,4 +94,8 @@ def confirm_missing(ctx: CaptureContext, missing: list[ScanRow], out: Candidates
         keys = [ctx.source.typed_key(r.user_id, r.source_key) for r in part]
         found = {normalize.user_id(row.key) for row in ctx.source.read(keys)}
         for row, key in zip(part, keys, strict=True):
-            (out.changed if row.user_id in found else out.absent).append(key)
+            if row.user_id in found:
+                out.changed.append(key)
+            else:
+                out.absent.append(key)
+                out.known_deleted += not row.gone

@@ -66,6 +66,7 @@ class StateCounts:
     quarantined: dict[str, int]
     delivered: dict[str, int]
     problems: int
+    tombstones: dict[str, int] = field(default_factory=dict)
 
 
 class StateStore(Protocol):
@@ -75,11 +76,17 @@ class StateStore(Protocol):
     def known_users(self) -> int:
         """Users seen in the source and not (fully) deleted."""
 
+    def has_users(self) -> bool:
+        """Whether any user was ever recorded (false before the very first pass)."""
+
     def scan(self, kind: KeyKind) -> Iterator[ScanRow]:
         """Every known user in the merge order for ``kind``: by key_int for integer keys (users
         without one last), else by user_id in binary (code point) order."""
 
     def lookup(self, user_ids: Sequence[str]) -> dict[str, UserState]: ...
+
+    def peek(self, user_ids: Sequence[str]) -> dict[str, ScanRow]:
+        """The merge view (row hash, gone, dirty) of these users: cheaper than ``lookup``."""
 
     def dirty_users(self, limit: int) -> list[ScanRow]: ...
 
@@ -92,7 +99,7 @@ class StateStore(Protocol):
     def start_pass(self, kind: str, mode: str, now: dt.datetime, instance: str | None) -> int: ...
 
     def finish_pass(self, pass_id: int, outcome: str, counts: dict[str, int],
-                    message: str | None, now: dt.datetime) -> None: ...
+                    message: str | None, now: dt.datetime, kind: str | None = None) -> None: ...
 
     def recent_passes(self, limit: int) -> list[PassRecord]: ...
 

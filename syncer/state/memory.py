@@ -41,6 +41,9 @@ class MemoryStateStore:
     def known_users(self) -> int:
         return sum(1 for u in self.users.values() if not u.gone)
 
+    def has_users(self) -> bool:
+        return bool(self.users)
+
     def scan(self, kind: KeyKind) -> Iterator[ScanRow]:
         rows = [self._scan_row(uid, u) for uid, u in self.users.items()]
         if kind is KeyKind.INT:
@@ -67,6 +70,10 @@ class MemoryStateStore:
                 {d: Quarantine(d, u.q_fingerprints[d], q.reason) for d, q in u.quarantine.items()},
             )
         return out
+
+    def peek(self, user_ids: Sequence[str]) -> dict[str, ScanRow]:
+        return {uid: self._scan_row(uid, self.users[uid]) for uid in user_ids
+                if uid in self.users}
 
     def dirty_users(self, limit: int) -> list[ScanRow]:
         dirty = sorted(((u.updated_at, uid) for uid, u in self.users.items() if u.dirty))
@@ -119,10 +126,11 @@ class MemoryStateStore:
         return record.id
 
     def finish_pass(self, pass_id: int, outcome: str, counts: dict[str, int],
-                    message: str | None, now: dt.datetime) -> None:
+                    message: str | None, now: dt.datetime, kind: str | None = None) -> None:
         i = pass_id - 1
         self.passes[i] = replace(self.passes[i], finished_at=now, outcome=outcome,
-                                 counts=dict(counts), message=message)
+                                 counts=dict(counts), message=message,
+                                 kind=kind or self.passes[i].kind)
 
     def recent_passes(self, limit: int) -> list[PassRecord]:
         return list(reversed(self.passes))[:limit]
@@ -140,16 +148,17 @@ class MemoryStateStore:
     def counts(self) -> StateCounts:
         quarantined: dict[str, int] = {}
         delivered: dict[str, int] = {}
+        tombstones: dict[str, int] = {}
         for u in self.users.values():
             for dest in u.quarantine:
                 quarantined[dest] = quarantined.get(dest, 0) + 1
             for dest, (d, _) in u.deliveries.items():
-                if not d.deleted:
-                    delivered[dest] = delivered.get(dest, 0) + 1
+                bucket = tombstones if d.deleted else delivered
+                bucket[dest] = bucket.get(dest, 0) + 1
         return StateCounts(
             self.known_users(), sum(u.gone for u in self.users.values()),
             sum(u.dirty for u in self.users.values()), quarantined, delivered,
-            sum(1 for u in self.users.values() if u.problems))
+            sum(1 for u in self.users.values() if u.problems), tombstones)
 
     def requeue_quarantined(self, user_ids: Sequence[str] | None) -> int:
         ids = list(self.users) if user_ids is None else [i for i in user_ids if i in self.users]

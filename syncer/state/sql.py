@@ -182,6 +182,10 @@ class SqlStateStore:
         return int(self._run("count", lambda c: c.execute(
             select(func.count()).select_from(t.users).where(~t.users.c.gone)).scalar_one()))
 
+    def has_users(self) -> bool:
+        return bool(self._run("count", lambda c: c.execute(
+            select(t.users.c.user_id).limit(1)).first() is not None))
+
     def scan(self, kind: KeyKind) -> Iterator[ScanRow]:
         u = t.users.c
         cols = [u.user_id, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key]
@@ -221,6 +225,19 @@ class SqlStateStore:
             return {uid: UserState(uid, **fields) for uid, fields in base.items()}
 
         return dict(self._run("lookup", get))
+
+    def peek(self, user_ids: Sequence[str]) -> dict[str, ScanRow]:
+        u = t.users.c
+        cols = (u.user_id, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key)
+
+        def get(conn: Connection) -> dict[str, ScanRow]:
+            out: dict[str, ScanRow] = {}
+            for part in _chunks(list(user_ids)):
+                for r in conn.execute(select(*cols).where(u.user_id.in_(part))):
+                    out[r[0]] = ScanRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5])
+            return out
+
+        return dict(self._run("peek", get))
 
     def dirty_users(self, limit: int) -> list[ScanRow]:
         u = t.users.c
@@ -328,11 +345,13 @@ class SqlStateStore:
             instance=instance)).inserted_primary_key[0]))
 
     def finish_pass(self, pass_id: int, outcome: str, counts: dict[str, int],
-                    message: str | None, now: dt.datetime) -> None:
+                    message: str | None, now: dt.datetime, kind: str | None = None) -> None:
+        values: dict[str, Any] = {"finished_at": now, "outcome": outcome, "message": message,
+                                  "counts": json.dumps(counts, sort_keys=True)}
+        if kind is not None:
+            values["kind"] = kind
         self._run("pass", lambda c: c.execute(update(t.passes).where(t.passes.c.id == pass_id)
-                                             .values(finished_at=now, outcome=outcome,
-                                                     counts=json.dumps(counts, sort_keys=True),
-                                                     message=message)))
+                                             .values(**values)))
 
     def recent_passes(self, limit: int) -> list[PassRecord]:
         p = t.passes.c
@@ -368,9 +387,13 @@ class SqlStateStore:
                                           .where(~d.deleted).group_by(d.destination)).all())
             problems = conn.execute(select(func.count(func.distinct(t.problems.c.user_id)))
                                     ).scalar_one()
+            tombstones: dict[str, int] = dict(conn.execute(
+                select(d.destination, func.count()).where(d.deleted).group_by(d.destination)
+            ).all())
             return StateCounts(int(known) - int(gone), int(gone), int(dirty),
                                {k: int(v) for k, v in quarantined.items()},
-                               {k: int(v) for k, v in delivered.items()}, int(problems))
+                               {k: int(v) for k, v in delivered.items()}, int(problems),
+                               {k: int(v) for k, v in tombstones.items()})
 
         result: StateCounts = self._run("counts", get)
         return result

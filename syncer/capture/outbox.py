@@ -1,0 +1,399 @@
+"""Outbox capture: triggers on the users table leave the key of every inserted, updated (in a
+mapped column) or deleted row in an outbox table; a pass takes the keys, diffs and delivers those
+users, records the results, and then removes exactly the outbox rows it handled.
+
+Out-of-order commits are covered by construction: nothing is gated on an id high-water mark (ids
+commit out of order), a row that was not yet visible is simply handled by a later pass. Hard
+deletes arrive as outbox rows. On PostgreSQL the trigger also NOTIFYs; the daemon listens and
+starts a pass within a second of a commit.
+
+``syncer outbox install | uninstall | sql`` manage the table and triggers (PostgreSQL,
+MySQL/MariaDB, SQLite); installing twice is harmless, and the first pass after an install is a
+full snapshot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from syncer.capture import Candidates, CaptureContext, pending_keys, sort_keys
+from syncer.capture.snapshot import SnapshotCapture
+from syncer.config import CaptureConfig, Config, SourceConfig
+from syncer.errors import ConfigError, SourceError
+from syncer.mapping import Mapping
+from syncer.source import Source, create_source_engine
+
+log = structlog.get_logger("syncer.capture.outbox")
+
+CURSOR = "outbox"
+BATCH = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxNames:
+    dialect: str
+    table: str        # the users table, qualified and quoted
+    outbox: str       # the outbox table, qualified and quoted
+    outbox_bare: str  # unquoted name
+    function: str     # PostgreSQL trigger function, qualified and quoted
+    trigger: str      # trigger name prefix (unquoted)
+    channel: str      # PostgreSQL NOTIFY channel
+    pk: str           # quoted key column
+    watched: tuple[str, ...]  # quoted columns whose change matters
+
+    def quoted_trigger(self, suffix: str, q: Callable[[str], str]) -> str:
+        return q(f"{self.trigger}_{suffix}")
+
+
+def names(source: Source, capture: CaptureConfig, schema: str | None) -> OutboxNames:
+    if source.config.table is None:
+        raise ConfigError('[capture] mode = "outbox" needs [source] table (triggers go on a '
+                          "table, not on a query)")
+    q = source.q
+    prefix = f"{q(schema)}." if schema else ""
+    watched = [source.config.primary_key, *source.columns]
+    if capture.soft_delete_column:
+        watched.append(capture.soft_delete_column)
+    outbox = capture.outbox_table
+    return OutboxNames(
+        dialect=source.dialect,
+        table=prefix + q(source.config.table),
+        outbox=prefix + q(outbox),
+        outbox_bare=outbox,
+        function=prefix + q(f"{outbox}_capture"),
+        trigger=f"{outbox}_on_{source.config.table}"[:50],
+        channel=channel_name(capture.outbox_table),
+        pk=q(source.config.primary_key),
+        watched=tuple(q(c) for c in dict.fromkeys(watched)),
+    )
+
+
+def channel_name(outbox_table: str) -> str:
+    return outbox_table.lower()[:63]
+
+
+# ----------------------------------------------------------------------------- DDL
+
+
+def install_sql(n: OutboxNames, q: Callable[[str], str]) -> list[str]:
+    if n.dialect == "postgresql":
+        changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in n.watched)
+        return [
+            f"""CREATE TABLE IF NOT EXISTS {n.outbox} (
+    id bigserial PRIMARY KEY,
+    user_key text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+)""",
+            f"""CREATE OR REPLACE FUNCTION {n.function}() RETURNS trigger
+LANGUAGE plpgsql AS $syncer$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk}::text);
+    ELSE
+        INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk}::text);
+        IF TG_OP = 'UPDATE' AND NEW.{n.pk} IS DISTINCT FROM OLD.{n.pk} THEN
+            INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk}::text);
+        END IF;
+    END IF;
+    PERFORM pg_notify('{n.channel}', '');
+    RETURN NULL;
+END
+$syncer$""",
+            f"DROP TRIGGER IF EXISTS {n.quoted_trigger('ins', q)} ON {n.table}",
+            f"CREATE TRIGGER {n.quoted_trigger('ins', q)} AFTER INSERT ON {n.table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {n.function}()",
+            f"DROP TRIGGER IF EXISTS {n.quoted_trigger('upd', q)} ON {n.table}",
+            f"CREATE TRIGGER {n.quoted_trigger('upd', q)} AFTER UPDATE OF "
+            f"{', '.join(n.watched)} ON {n.table} FOR EACH ROW WHEN ({changed}) "
+            f"EXECUTE FUNCTION {n.function}()",
+            f"DROP TRIGGER IF EXISTS {n.quoted_trigger('del', q)} ON {n.table}",
+            f"CREATE TRIGGER {n.quoted_trigger('del', q)} AFTER DELETE ON {n.table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {n.function}()",
+        ]
+    if n.dialect in ("mysql", "mariadb"):
+        # BINARY: a case-only change must count even under a case-insensitive collation.
+        same = " AND ".join(f"BINARY OLD.{c} <=> BINARY NEW.{c}" for c in n.watched)
+        return [
+            f"""CREATE TABLE IF NOT EXISTS {n.outbox} (
+    id BIGINT AUTO_INCREMENT PRIMARY KEY,
+    user_key VARCHAR(255) NOT NULL,
+    created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+) ENGINE=InnoDB""",
+            f"DROP TRIGGER IF EXISTS {n.quoted_trigger('ins', q)}",
+            f"CREATE TRIGGER {n.quoted_trigger('ins', q)} AFTER INSERT ON {n.table} FOR EACH ROW "
+            f"INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk})",
+            f"DROP TRIGGER IF EXISTS {n.quoted_trigger('upd', q)}",
+            f"""CREATE TRIGGER {n.quoted_trigger('upd', q)} AFTER UPDATE ON {n.table} FOR EACH ROW
+BEGIN
+    IF NOT ({same}) THEN
+        INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk});
+        IF NOT (BINARY OLD.{n.pk} <=> BINARY NEW.{n.pk}) THEN
+            INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk});
+        END IF;
+    END IF;
+END""",
+            f"DROP TRIGGER IF EXISTS {n.quoted_trigger('del', q)}",
+            f"CREATE TRIGGER {n.quoted_trigger('del', q)} AFTER DELETE ON {n.table} FOR EACH ROW "
+            f"INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk})",
+        ]
+    same = " AND ".join(f"OLD.{c} IS NEW.{c}" for c in n.watched)
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {n.outbox} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_key TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+)""",
+        f"DROP TRIGGER IF EXISTS {n.quoted_trigger('ins', q)}",
+        f"CREATE TRIGGER {n.quoted_trigger('ins', q)} AFTER INSERT ON {n.table} BEGIN "
+        f"INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk}); END",
+        f"DROP TRIGGER IF EXISTS {n.quoted_trigger('upd', q)}",
+        f"CREATE TRIGGER {n.quoted_trigger('upd', q)} AFTER UPDATE OF {', '.join(n.watched)} "
+        f"ON {n.table} WHEN NOT ({same}) BEGIN "
+        f"INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk}); "
+        f"INSERT INTO {n.outbox} (user_key) SELECT OLD.{n.pk} WHERE OLD.{n.pk} IS NOT NEW.{n.pk}; "
+        f"END",
+        f"DROP TRIGGER IF EXISTS {n.quoted_trigger('del', q)}",
+        f"CREATE TRIGGER {n.quoted_trigger('del', q)} AFTER DELETE ON {n.table} BEGIN "
+        f"INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk}); END",
+    ]
+
+
+def uninstall_sql(n: OutboxNames, q: Callable[[str], str]) -> list[str]:
+    drops = []
+    for suffix in ("ins", "upd", "del"):
+        trigger = n.quoted_trigger(suffix, q)
+        drops.append(f"DROP TRIGGER IF EXISTS {trigger} ON {n.table}" if n.dialect == "postgresql"
+                     else f"DROP TRIGGER IF EXISTS {trigger}")
+    if n.dialect == "postgresql":
+        drops.append(f"DROP FUNCTION IF EXISTS {n.function}()")
+    drops.append(f"DROP TABLE IF EXISTS {n.outbox}")
+    return drops
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _source_for(config: Config) -> Source:
+    from syncer.state.memory import MemoryStateStore
+
+    mapping = Mapping(config.mapping, MemoryStateStore().salt())
+    return Source(config.source, config.capture, mapping.columns, mapping.signature(),
+                  engine=create_source_engine(config.source.url))
+
+
+def _schema(source: Source, config: SourceConfig) -> str | None:
+    """Qualify everything: a trigger runs under the application's search path, not ours."""
+    if config.schema_:
+        return config.schema_
+    if source.dialect == "postgresql":
+        return str(source.scalar("SELECT current_schema()"))
+    return None
+
+
+def _statements(config: Config, uninstall: bool) -> tuple[Source, list[str]]:
+    source = _source_for(config)
+    n = names(source, config.capture, _schema(source, config.source))
+    return source, (uninstall_sql(n, source.q) if uninstall else install_sql(n, source.q))
+
+
+def sql(config: Config, *, uninstall: bool = False) -> str:
+    """The DDL, for a DBA who will run it instead of syncer."""
+    source, statements = _statements(config, uninstall)
+    source.close()
+    terminator = "\n;\n" if source.dialect != "postgresql" else ";\n\n"
+    head = ("-- syncer outbox for " + (config.source.table or "") +
+            (" (MySQL: run with DELIMITER set to something other than ;)"
+             if source.dialect in ("mysql", "mariadb") else "") + "\n")
+    return head + terminator.join(statements) + terminator.rstrip("\n")
+
+
+def install(config: Config) -> str:
+    source, statements = _statements(config, uninstall=False)
+    try:
+        source.check()
+        _execute(source, statements)
+    finally:
+        source.close()
+    _forget_position(config)
+    return (f"outbox table {config.capture.outbox_table} and triggers installed on "
+            f"{config.source.table}; the next pass is a full snapshot, then only changes")
+
+
+def uninstall(config: Config) -> str:
+    source, statements = _statements(config, uninstall=True)
+    try:
+        _execute(source, statements)
+    finally:
+        source.close()
+    _forget_position(config)
+    return f"outbox table {config.capture.outbox_table} and its triggers removed"
+
+
+def _execute(source: Source, statements: list[str]) -> None:
+    try:
+        with source.engine.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    except Exception as exc:
+        from syncer.source import describe_error
+
+        raise SourceError(f"cannot change {source.description}: {describe_error(exc)} (the "
+                          "reader may lack the rights: `syncer outbox sql` prints the SQL for a "
+                          "DBA)") from exc
+
+
+def _forget_position(config: Config) -> None:
+    """After (re)installing, the first pass is a snapshot: changes made while the triggers were
+    being replaced are not lost."""
+    from syncer.state.sql import SqlStateStore
+
+    store = SqlStateStore.from_url(config.state.url)
+    try:
+        store.set_cursor(CURSOR, None, _utcnow())
+    finally:
+        store.close()
+
+
+# ----------------------------------------------------------------------------- capture
+
+
+class OutboxCapture:
+    name = "outbox"
+
+    def __init__(self, capture: CaptureConfig, source: SourceConfig) -> None:
+        self.capture = capture
+        self.source_config = source
+        self._names: OutboxNames | None = None
+
+    def _n(self, ctx: CaptureContext) -> OutboxNames:
+        if self._names is None:
+            self._names = names(ctx.source, self.capture, _schema(ctx.source, self.source_config))
+        return self._names
+
+    def check(self, ctx: CaptureContext) -> OutboxNames:
+        n = self._n(ctx)
+        try:
+            ctx.source.run(f"SELECT 1 FROM {n.outbox} WHERE 1 = 0")
+        except SourceError:
+            raise ConfigError(
+                f"the outbox table {n.outbox_bare} does not exist in the source database: run "
+                "`syncer outbox install` (or give a DBA the output of `syncer outbox sql`)"
+            ) from None
+        return n
+
+    def collect(self, ctx: CaptureContext) -> Candidates:
+        n = self.check(ctx)
+        if ctx.state.get_cursor(CURSOR) is None:
+            # Everything before now comes from a snapshot; the outbox already keeps what happens
+            # meanwhile, and the next pass handles it.
+            out = SnapshotCapture().collect(ctx)
+            out.commit = lambda: ctx.state.set_cursor(CURSOR, "snapshot taken", _utcnow())
+            out.position = {"outbox": "first pass: full snapshot"}
+            return out
+        rows = ctx.source.run(f"SELECT id, user_key FROM {n.outbox} ORDER BY id LIMIT {BATCH}")
+        ids = [r[0] for r in rows]
+        keys = [ctx.source.typed_key(k, k) for k in dict.fromkeys(r[1] for r in rows)]
+        out = Candidates()
+        seen: set[str] = set()
+        sort_keys(ctx, pending_keys(ctx), out, seen)
+        sort_keys(ctx, keys, out, seen)
+        out.scanned = len(rows)
+        out.more = len(rows) == BATCH
+        out.position = {"outbox_rows": len(rows), "distinct_users": len(keys)}
+
+        def consume() -> None:
+            for i in range(0, len(ids), 1000):
+                part = ", ".join(str(int(x)) for x in ids[i:i + 1000])
+                ctx.source.run(f"DELETE FROM {n.outbox} WHERE id IN ({part})")
+
+        out.commit = consume if ids else None
+        return out
+
+    def position(self, ctx: CaptureContext) -> dict[str, object]:
+        n = self.check(ctx)
+        rows = ctx.source.run(f"SELECT count(*), min(created_at) FROM {n.outbox}")
+        depth, oldest = rows[0]
+        position: dict[str, object] = {"outbox_depth": int(depth), "oldest": str(oldest)}
+        drift = watched_drift(ctx.source, n)
+        if drift:
+            position["triggers"] = (f"do not watch {', '.join(drift)}: run `syncer outbox "
+                                    "install` again")
+        return position
+
+
+def watched_drift(source: Source, n: OutboxNames) -> list[str]:
+    """Mapped columns the installed update trigger does not watch (the mapping changed)."""
+    trigger = f"{n.trigger}_upd"
+    try:
+        if n.dialect == "postgresql":
+            rows = source.run("SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = :t",
+                              {"t": trigger})
+        elif n.dialect in ("mysql", "mariadb"):
+            rows = source.run("SELECT ACTION_STATEMENT FROM information_schema.TRIGGERS "
+                              "WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME = :t",
+                              {"t": trigger})
+        else:
+            rows = source.run("SELECT sql FROM sqlite_master WHERE type = 'trigger' "
+                              "AND name = :t", {"t": trigger})
+    except SourceError:
+        return []
+    if not rows:
+        return ["(no update trigger found)"]
+    definition = str(rows[0][0])
+    return [c for c in n.watched if c not in definition and c.strip('"`') not in definition]
+
+
+# ----------------------------------------------------------------------------- NOTIFY
+
+
+class NotifyListener(threading.Thread):
+    """Listens on its own PostgreSQL connection for the outbox trigger's NOTIFY and calls
+    ``on_notify``; reconnects with backoff when the connection drops (and calls ``on_notify``
+    once reconnected, in case something was missed)."""
+
+    def __init__(self, url: str, channel: str, on_notify: Callable[[], None],
+                 stop: threading.Event) -> None:
+        super().__init__(name="syncer-listen", daemon=True)
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        self.conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.channel = channel
+        self.on_notify = on_notify
+        self.stop_event = stop
+        self.connected = threading.Event()
+        self.notifications = 0
+
+    def run(self) -> None:
+        import psycopg
+
+        backoff = 1.0
+        while not self.stop_event.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True,
+                                     application_name="syncer-listen") as conn:
+                    conn.execute(f'LISTEN "{self.channel}"')
+                    self.connected.set()
+                    log.info("outbox.listening", channel=self.channel)
+                    backoff = 1.0
+                    self.on_notify()
+                    while not self.stop_event.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self.notifications += 1
+                            self.on_notify()
+            except psycopg.Error as exc:
+                self.connected.clear()
+                log.warning("outbox.listen_failed", error=str(exc).splitlines()[0][:200],
+                            retry_in=backoff)
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+        self.connected.clear()
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)

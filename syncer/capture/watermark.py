@@ -1,0 +1,320 @@
+"""Watermark capture: the rows whose ``watermark_column`` moved since the last pass.
+
+Each pass reads ``watermark_column >= cursor - lookback_seconds`` (one index range scan) and keeps
+the rows whose hash differs from the state's; the overlap costs database reads, never API calls.
+
+The classic bug is a transaction that starts first, stays open, and commits after later
+transactions were already read: its rows carry an old timestamp, below the cursor. On PostgreSQL the
+cursor is therefore never moved past the start of the oldest transaction still open in the
+database (``pg_stat_activity.xact_start``): every row such a transaction writes is stamped at or
+after its start (``now()``, ``clock_timestamp()`` and the application's clock all are), so it is
+read once it commits, however long it stays open. Seeing other roles' sessions needs the
+``pg_read_all_stats`` role; without it only the reader's own sessions hold the cursor and the
+lookback is the only guarantee, which ``syncer status`` says. On MySQL/MariaDB and SQLite the
+lookback is the guarantee: a transaction that commits more than ``lookback_seconds`` after it
+stamped its rows can be missed until the next reconcile.
+
+The first pass (no cursor yet) is a full snapshot; the cursor then starts where that snapshot
+started.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from syncer.capture import Candidates, CaptureContext, pending_keys, sort_keys, sort_rows
+from syncer.capture.snapshot import SnapshotCapture
+from syncer.config import CaptureConfig
+from syncer.errors import ConfigError
+from syncer.source import Source
+
+log = structlog.get_logger("syncer.capture.watermark")
+
+CURSOR = "watermark"
+
+
+# ----------------------------------------------------------------------------- cursor values
+
+
+def encode(value: object) -> str:
+    """A watermark value as text for the state, keeping its type and full precision."""
+    if value is None:
+        return json.dumps({"t": "none"})
+    if isinstance(value, dt.datetime):
+        return json.dumps({"t": "datetime", "v": value.isoformat(), "tz": value.tzinfo is not None})
+    if isinstance(value, dt.date):
+        return json.dumps({"t": "date", "v": value.isoformat()})
+    if isinstance(value, str):
+        return json.dumps({"t": "text", "v": value})
+    raise ConfigError(f"[capture] watermark_column holds {type(value).__name__} values; it must be "
+                      "a timestamp (or ISO 8601 text). For version counters use mode = \"outbox\".")
+
+
+def decode(text: str) -> object:
+    data = json.loads(text)
+    kind = data["t"]
+    if kind == "none":
+        return None
+    if kind == "datetime":
+        return dt.datetime.fromisoformat(data["v"])
+    if kind == "date":
+        return dt.date.fromisoformat(data["v"])
+    return str(data["v"])
+
+
+def shift(value: object, seconds: float) -> object:
+    """``value`` moved back by ``seconds``, in the same type (and text format)."""
+    if value is None or seconds == 0:
+        return value
+    delta = dt.timedelta(seconds=seconds)
+    if isinstance(value, dt.datetime):
+        return value - delta
+    if isinstance(value, dt.date):
+        return value - dt.timedelta(days=max(1, -(-int(seconds) // 86400)))
+    if isinstance(value, str):
+        return _shift_text(value, delta)
+    raise TypeError(type(value).__name__)
+
+
+def _shift_text(text: str, delta: dt.timedelta) -> str:
+    """Shift an ISO 8601 timestamp written as text, keeping its layout, so that it still compares
+    as text with the column's other values."""
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError("[capture] watermark_column holds text that is not ISO 8601 "
+                          "(e.g. 2026-11-27 09:00:00.123456); text timestamps must be ISO "
+                          "8601 to be compared") from None
+    moved = moment - delta
+    if len(text) == 10:  # a date
+        return moved.date().isoformat()
+    sep = text[10] if len(text) > 10 else " "
+    out = moved.strftime("%Y-%m-%d") + sep + moved.strftime("%H:%M:%S")
+    rest = text[19:]
+    if rest.startswith("."):
+        digits = len(rest[1:]) - len(rest[1:].lstrip("0123456789"))
+        out += "." + f"{moved.microsecond:06d}".ljust(digits, "0")[:digits]
+    if text.endswith("Z"):
+        out += "Z"
+    elif moved.tzinfo is not None:
+        offset = moved.isoformat()[-6:]
+        out += offset
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where the watermark stands: a value of the column, when (our clock) it became the newest,
+    and whether rows at that value are settled (read strictly after it from now on)."""
+
+    value: object
+    seen: float
+    exclusive: bool
+
+    def low(self, lookback: float) -> tuple[object, bool]:
+        """The bound of the next read, and whether it is exclusive."""
+        if self.exclusive:
+            return self.value, True
+        return shift(self.value, lookback), False
+
+    def encode(self) -> str:
+        return json.dumps({"value": encode(self.value), "seen": self.seen,
+                           "exclusive": self.exclusive})
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        data = json.loads(text)
+        return cls(decode(data["value"]), float(data["seen"]), bool(data["exclusive"]))
+
+
+def _before(a: object, b: object) -> bool:
+    try:
+        return bool(a < b)  # type: ignore[operator]
+    except TypeError:
+        return False
+
+
+# ----------------------------------------------------------------------------- the horizon
+
+
+@dataclass(frozen=True, slots=True)
+class Horizon:
+    """PostgreSQL: the start of the oldest open transaction (or now), as the column compares."""
+
+    value: Any
+    now: Any
+    oldest: dict[str, Any] | None
+    sees_all_sessions: bool
+
+
+def pg_horizon(source: Source, aware: bool) -> Horizon:
+    rows = source.run("""
+        SELECT now(), localtimestamp,
+               a.xact_start, a.xact_start AT TIME ZONE current_setting('TimeZone'),
+               a.pid, a.usename, a.application_name, a.state,
+               extract(epoch FROM now() - a.xact_start),
+               (SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
+                  FROM pg_roles WHERE rolname = current_user)
+          FROM (SELECT 1) AS one
+          LEFT JOIN LATERAL (
+                SELECT * FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()
+                   AND xact_start IS NOT NULL AND backend_type = 'client backend'
+                 ORDER BY xact_start LIMIT 1) AS a ON true""")
+    (now, local_now, start, local_start, pid, user, app, state, age, sees_all) = rows[0]
+    now_value = now if aware else local_now
+    if start is None:
+        return Horizon(now_value, now_value, None, bool(sees_all))
+    oldest = {"pid": pid, "user": user, "application": app, "state": state,
+              "open_seconds": round(float(age), 1), "since": str(start)}
+    value = start if aware else local_start
+    return Horizon(min(value, now_value), now_value, oldest, bool(sees_all))
+
+
+# ----------------------------------------------------------------------------- capture
+
+
+class WatermarkCapture:
+    name = "watermark"
+
+    def __init__(self, config: CaptureConfig) -> None:
+        if not config.watermark_column:
+            raise ConfigError('[capture] mode = "watermark" needs `watermark_column`')
+        self.column = config.watermark_column
+        self.lookback = config.lookback_seconds
+
+    def _aware(self, ctx: CaptureContext, sample: object) -> bool:
+        if isinstance(sample, dt.datetime):
+            return sample.tzinfo is not None
+        col_type = ctx.source.column_types.get(self.column)
+        return bool(getattr(col_type, "timezone", False))
+
+    def _max(self, ctx: CaptureContext) -> object:
+        col = ctx.source.q(self.column)
+        return ctx.source.scalar(f"SELECT MAX({col}) FROM {ctx.source.relation}")
+
+    def _start(self, ctx: CaptureContext) -> tuple[object, Horizon | None]:
+        """Where to start: the newest value in the table, held below any open transaction."""
+        newest = self._max(ctx)
+        horizon = None
+        if ctx.source.dialect == "postgresql" and (newest is None or
+                                                   isinstance(newest, dt.datetime)):
+            horizon = pg_horizon(ctx.source, self._aware(ctx, newest))
+            if newest is None or _before(horizon.value, newest):
+                return horizon.value, horizon
+        return newest, horizon
+
+    def collect(self, ctx: CaptureContext) -> Candidates:
+        stored = ctx.state.get_cursor(CURSOR)
+        if stored is None:
+            start, _ = self._start(ctx)
+            out = SnapshotCapture().collect(ctx)
+            value = Cursor(start, time.time(), False).encode()
+            out.commit = lambda: ctx.state.set_cursor(CURSOR, value, _utcnow())
+            out.position = {"watermark": "first pass: full snapshot", "starts_at": str(start)}
+            return out
+        cursor = Cursor.decode(stored)
+        horizon = None
+        if ctx.source.dialect == "postgresql" and isinstance(cursor.value, dt.datetime | None):
+            horizon = pg_horizon(ctx.source, self._aware(ctx, cursor.value))
+        low, exclusive = cursor.low(self.lookback)
+        out = Candidates()
+        seen: set[str] = set()
+        sort_keys(ctx, pending_keys(ctx), out, seen)
+        newest: list[object] = [cursor.value]
+
+        def tracked() -> Any:
+            for row, value in ctx.source.since(self.column, low, exclusive=exclusive):
+                if value is not None and (newest[0] is None or _before(newest[0], value)):
+                    newest[0] = value
+                yield row
+
+        sort_rows(ctx, tracked(), out, seen)
+        value = self.advance(cursor, newest[0], horizon, time.time()).encode()
+        out.commit = lambda: ctx.state.set_cursor(CURSOR, value, _utcnow())
+        out.position = self._describe(cursor, low, horizon)
+        return out
+
+    def advance(self, cursor: Cursor, newest: object, horizon: Horizon | None,
+                wall: float) -> Cursor:
+        """The next cursor.
+
+        PostgreSQL: the horizon itself (the start of the oldest open transaction, or the
+        database's now): no row can still appear stamped before it, so rows stamped long ago
+        (a bulk update) leave the read window once the lookback has passed.
+
+        Elsewhere: the newest value read. Once it has stayed the newest for ``lookback_seconds``
+        of our own clock, every transaction that stamped a row at or before it and commits within
+        the lookback has committed and been read, so later passes read only newer rows.
+        """
+        if horizon is not None:
+            return Cursor(horizon.value, wall, False)
+        if newest is not None and (cursor.value is None or _before(cursor.value, newest)):
+            return Cursor(newest, wall, False)
+        if not cursor.exclusive and wall - cursor.seen >= self.lookback:
+            return Cursor(cursor.value, cursor.seen, True)
+        return cursor
+
+    def _describe(self, cursor: Cursor, low: object, horizon: Horizon | None
+                  ) -> dict[str, object]:
+        position: dict[str, object] = {
+            "watermark": str(cursor.value),
+            "reads_from": ("after " if cursor.exclusive else "") + str(low),
+            "lookback_seconds": self.lookback}
+        if horizon is not None:
+            position["horizon"] = str(horizon.value)
+            if horizon.oldest is not None:
+                position["held_by_open_transaction"] = horizon.oldest
+            if not horizon.sees_all_sessions:
+                position["horizon_note"] = ("sees only this role's sessions: GRANT "
+                                            "pg_read_all_stats to the reader so a long "
+                                            "transaction of another role cannot be missed")
+        return position
+
+    def position(self, ctx: CaptureContext) -> dict[str, object]:
+        stored = ctx.state.get_cursor(CURSOR)
+        if stored is None:
+            return {"watermark": "none yet (the first pass is a full snapshot)"}
+        cursor = Cursor.decode(stored)
+        horizon = None
+        if ctx.source.dialect == "postgresql" and isinstance(cursor.value, dt.datetime | None):
+            horizon = pg_horizon(ctx.source, self._aware(ctx, cursor.value))
+        position = self._describe(cursor, cursor.low(self.lookback)[0], horizon)
+        position["index"] = index_used(ctx.source, self.column)
+        return position
+
+
+def index_used(source: Source, column: str) -> str:
+    """Whether the database answers ``column >= x`` from an index (EXPLAIN), in words."""
+    col = source.q(column)
+    probe = f"SELECT {source.pk} FROM {source.relation} WHERE {col} >= :low"
+    try:
+        sample = source.scalar(f"SELECT MAX({col}) FROM {source.relation}")
+        if sample is None:
+            return "unknown (empty table)"
+        if source.dialect == "postgresql":
+            plan = "\n".join(str(r[0]) for r in source.run("EXPLAIN " + probe, {"low": sample}))
+            full = "Seq Scan" in plan
+        elif source.dialect in ("mysql", "mariadb"):
+            rows = source.run("EXPLAIN " + probe, {"low": sample})
+            full = any(str(r[3]).upper() == "ALL" for r in rows)
+        else:
+            plan = " ".join(str(r[-1]) for r in source.run("EXPLAIN QUERY PLAN " + probe,
+                                                           {"low": sample}))
+            full = "SEARCH" not in plan.upper()
+    except Exception as exc:
+        return f"unknown ({type(exc).__name__})"
+    if full:
+        return (f"NOT used: every pass scans the whole table; "
+                f"CREATE INDEX ON {source.relation} ({col})")
+    return "used"
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)

@@ -1,0 +1,367 @@
+"""Watermark and outbox capture on real PostgreSQL, MariaDB and SQLite."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from syncer.capture import outbox as ob
+from syncer.capture.watermark import decode, encode, shift
+from syncer.config import Config
+from syncer.errors import ConfigError
+from syncer.pipeline import PassResult, Runtime
+from syncer.sandbox import SandboxApp, mock_transport
+
+from .conftest import execute, make_config
+from .test_pipeline import assert_mirror_matches, once, requests
+
+TS_TYPES = {
+    "postgresql": "timestamptz",
+    "mariadb": "DATETIME(6)",
+    "sqlite": "TEXT",
+}
+
+
+def kind_of(url: str) -> str:
+    return "postgresql" if url.startswith("postgresql") else (
+        "mariadb" if url.startswith("mysql") else "sqlite")
+
+
+def now_sql(url: str) -> str:
+    return {"postgresql": "clock_timestamp()", "mariadb": "NOW(6)",
+            "sqlite": "strftime('%Y-%m-%d %H:%M:%f', 'now')"}[kind_of(url)]
+
+
+def create_table(url: str, ts_type: str | None = None) -> None:
+    ts = ts_type or TS_TYPES[kind_of(url)]
+    execute(url, f"""CREATE TABLE users (
+        id BIGINT PRIMARY KEY, name VARCHAR(100), phone VARCHAR(40), email VARCHAR(200),
+        marketing INTEGER, sms VARCHAR(8), points NUMERIC(12, 2), touched VARCHAR(40),
+        deleted_at VARCHAR(40), updated_at {ts})""")
+    if kind_of(url) != "sqlite":
+        execute(url, "CREATE INDEX users_updated_at ON users (updated_at)")
+
+
+def add_users(url: str, ids: range, **cols: Any) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for i in ids:
+            values = {"id": i, "name": f"user {i}", "phone": f"010-1000-{2000 + i}",
+                      "email": f"u{i}@example.com", "marketing": i % 2, "sms": "Y",
+                      "points": i, "touched": "t0", "deleted_at": None}
+            values.update(cols)
+            conn.execute(sa.text(
+                f"INSERT INTO users ({', '.join(values)}, updated_at) VALUES "
+                f"({', '.join(':' + c for c in values)}, {now_sql(url)})"), values)
+    engine.dispose()
+
+
+def touch(url: str, where: str, sets: str, bump: bool = True) -> None:
+    extra = f", updated_at = {now_sql(url)}" if bump else ""
+    execute(url, f"UPDATE users SET {sets}{extra} WHERE {where}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'app.db'}"
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return str(request.getfixturevalue("mysql_url"))
+
+
+def config_for(url: str, tmp_path: Path, mode: str, **capture: Any) -> Config:
+    return make_config(url, f"sqlite:///{tmp_path / 'state.db'}",
+                       capture={"mode": mode, "watermark_column": "updated_at",
+                                "lookback_seconds": 1.0, **capture})
+
+
+def run_scenario(url: str, config: Config, app: SandboxApp) -> list[PassResult]:
+    """Inserts, updates, unmapped touches, soft and hard deletes; returns the passes."""
+    add_users(url, range(1, 201))
+    results = [once(config, app)]                       # the first pass: a full snapshot
+    assert results[0].kind == "reconcile" and results[0].counts["updated"] == 200
+    time.sleep(0.01)
+    touch(url, "id IN (1, 2)", "name = 'changed'")
+    touch(url, "id = 3", "marketing = 0")
+    touch(url, "id BETWEEN 50 AND 150", "touched = 'x'")   # unmapped (its timestamp moves)
+    touch(url, "id = 4", "deleted_at = 'yes'")
+    execute(url, "DELETE FROM users WHERE id = 5")
+    add_users(url, range(1000, 1003))
+    results.append(once(config, app))
+    results.append(once(config, app))
+    return results
+
+
+def test_watermark_passes_send_exactly_the_changes(db: str, tmp_path: Path,
+                                                  sandbox_app: SandboxApp) -> None:
+    create_table(db)
+    config = config_for(db, tmp_path, "watermark")
+    _first, second, third = run_scenario(db, config, sandbox_app)
+    assert second.kind == "incremental" and second.outcome == "ok"
+    assert second.counts["updated"] == 2 + 1 + 3
+    assert second.counts["deleted"] == 1 and second.counts["withdrawn"] == 1  # the soft delete
+    assert requests(third) == {}
+    # the hard delete is invisible to a watermark: the reconcile pass catches it
+    reconcile = once(config, sandbox_app, reconcile=True)
+    assert reconcile.kind == "reconcile" and reconcile.counts["deleted"] == 1
+    assert_mirror_matches(sandbox_app, db)
+
+
+def test_outbox_passes_send_exactly_the_changes(db: str, tmp_path: Path,
+                                               sandbox_app: SandboxApp) -> None:
+    create_table(db)
+    config = config_for(db, tmp_path, "outbox")
+    with pytest.raises(ConfigError, match="syncer outbox install"):
+        once(config, sandbox_app)
+    ob.install(config)
+    ob.install(config)   # harmless twice
+    _first, second, third = run_scenario(db, config, sandbox_app)
+    assert second.kind == "incremental" and second.outcome == "ok"
+    assert second.counts["updated"] == 6
+    assert second.counts["deleted"] == 2 and second.counts["withdrawn"] == 2  # hard deletes too
+    # 200 inserts before the snapshot, then 2+1+1+1+3 changes; unmapped touches leave no row
+    assert second.counts["scanned"] == 200 + 8
+    assert requests(third) == {}
+    assert outbox_depth(db) == 0
+    assert_mirror_matches(sandbox_app, db)
+
+
+def outbox_depth(url: str) -> int:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        n = conn.execute(sa.text("SELECT count(*) FROM syncer_outbox")).scalar_one()
+    engine.dispose()
+    return int(n)
+
+
+def triggers(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    query = {
+        "postgresql": "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                      "WHERE c.relnamespace = current_schema()::regnamespace "
+                      "AND NOT t.tgisinternal",
+        "mariadb": "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS "
+                   "WHERE TRIGGER_SCHEMA = DATABASE()",
+        "sqlite": "SELECT name FROM sqlite_master WHERE type = 'trigger'",
+    }[kind_of(url)]
+    with engine.connect() as conn:
+        names = {r[0] for r in conn.execute(sa.text(query))}
+    engine.dispose()
+    return {n for n in names if n.startswith("syncer_outbox")}
+
+
+def test_outbox_install_and_uninstall_are_idempotent(db: str, tmp_path: Path) -> None:
+    create_table(db)
+    config = config_for(db, tmp_path, "outbox")
+    ob.install(config)
+    ob.install(config)
+    assert len(triggers(db)) == 3
+    add_users(db, range(1, 4))
+    touch(db, "id = 1", "touched = 'unmapped'", bump=False)
+    assert outbox_depth(db) == 3
+    touch(db, "id = 1", "email = 'U1@EXAMPLE.COM'", bump=False)   # case-only change counts
+    assert outbox_depth(db) == 4
+    ddl = ob.sql(config)
+    assert "syncer_outbox" in ddl and "CREATE TRIGGER" in ddl
+    assert "DROP TABLE" in ob.sql(config, uninstall=True)
+    ob.uninstall(config)
+    ob.uninstall(config)
+    assert triggers(db) == set()
+    engine = sa.create_engine(db)
+    with engine.connect() as conn:
+        assert not sa.inspect(conn).has_table("syncer_outbox")
+    engine.dispose()
+    add_users(db, range(10, 12))     # the app keeps working without the triggers
+
+
+@pytest.mark.parametrize("server", ["postgresql", "mariadb"])
+def test_outbox_handles_out_of_order_commits(server: str, request: pytest.FixtureRequest,
+                                             tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    """A transaction that took a lower outbox id commits after a later one was consumed.
+    (SQLite has one writer at a time: its commits cannot interleave.)"""
+    db = str(request.getfixturevalue("pg_url" if server == "postgresql" else "mysql_url"))
+    create_table(db)
+    config = config_for(db, tmp_path, "outbox")
+    ob.install(config)
+    add_users(db, range(1, 11))
+    assert once(config, sandbox_app).counts["updated"] == 10
+    assert once(config, sandbox_app).outcome == "ok"
+    engine = sa.create_engine(db)
+    slow = engine.connect()
+    slow_tx = slow.begin()
+    slow.execute(sa.text("UPDATE users SET name = 'slow' WHERE id = 1"))   # lower outbox id
+    touch(db, "id = 2", "name = 'fast'")                                  # commits first
+    passed = once(config, sandbox_app)
+    assert passed.counts["updated"] == 1
+    slow_tx.commit()
+    slow.close()
+    engine.dispose()
+    later = once(config, sandbox_app)
+    assert later.counts["updated"] == 1
+    assert sandbox_app.snapshot()["users"]["1"]["custom_user_properties"]["name"] == "slow"
+    assert outbox_depth(db) == 0
+
+
+def test_watermark_never_loses_a_long_transaction_on_postgres(
+        pg_url: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    """The classic race, with two real connections: the slow transaction stamps its row first,
+    stays open while others commit and passes run far past the lookback, then commits."""
+    create_table(pg_url)
+    config = config_for(pg_url, tmp_path, "watermark", lookback_seconds=0)
+    add_users(pg_url, range(1, 11))
+    assert once(config, sandbox_app).counts["updated"] == 10
+    engine = sa.create_engine(pg_url)
+    slow = engine.connect()
+    slow_tx = slow.begin()
+    slow.execute(sa.text("UPDATE users SET name = 'slow', updated_at = now() WHERE id = 1"))
+    slow_stamp = slow.execute(sa.text("SELECT updated_at FROM users WHERE id = 1")).scalar_one()
+    time.sleep(0.05)
+    for n in range(3):   # others commit later changes, passes run (lookback is 0)
+        touch(pg_url, f"id = {2 + n}", f"name = 'fast {n}'")
+        result = once(config, sandbox_app)
+        assert result.counts["updated"] == 1
+        assert result.counts.get("scanned", 0) >= 1
+    fast_stamp = sa.create_engine(pg_url).connect().execute(
+        sa.text("SELECT max(updated_at) FROM users")).scalar_one()
+    assert slow_stamp < fast_stamp   # without the horizon the cursor would be past it
+    rt = Runtime(config)
+    position = rt.capture(False).position(rt.ctx)
+    rt.close()
+    assert position["held_by_open_transaction"]["state"] == "idle in transaction"
+    slow_tx.commit()
+    slow.close()
+    engine.dispose()
+    final = once(config, sandbox_app)
+    assert final.counts["updated"] == 1
+    assert sandbox_app.snapshot()["users"]["1"]["custom_user_properties"]["name"] == "slow"
+
+
+@pytest.mark.parametrize("ts_type", ["timestamptz", "timestamp", "timestamp(6)"])
+def test_postgres_timestamp_types_keep_full_precision(
+        pg_url: str, tmp_path: Path, sandbox_app: SandboxApp, ts_type: str) -> None:
+    create_table(pg_url, ts_type)
+    config = config_for(pg_url, tmp_path, "watermark", lookback_seconds=0)
+    precision_scenario(pg_url, config, sandbox_app, "'2031-01-01 00:00:00.000001'",
+                       "'2031-01-01 00:00:00.000002'")
+
+
+def test_mariadb_datetime6_keeps_full_precision(mysql_url: str, tmp_path: Path,
+                                                 sandbox_app: SandboxApp) -> None:
+    create_table(mysql_url, "DATETIME(6)")
+    config = config_for(mysql_url, tmp_path, "watermark", lookback_seconds=0)
+    precision_scenario(mysql_url, config, sandbox_app, "'2031-01-01 00:00:00.000001'",
+                       "'2031-01-01 00:00:00.000002'")
+
+
+@pytest.mark.parametrize("layout", ["2031-01-01 00:00:00.{}", "2031-01-01T00:00:00.{}Z"])
+def test_sqlite_text_timestamps(tmp_path: Path, sandbox_app: SandboxApp, layout: str) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    create_table(url, "TEXT")
+    config = config_for(url, tmp_path, "watermark", lookback_seconds=0)
+    precision_scenario(url, config, sandbox_app, "'" + layout.format("000001") + "'",
+                       "'" + layout.format("000002") + "'")
+
+
+def precision_scenario(url: str, config: Config, app: SandboxApp, t1: str, t2: str) -> None:
+    """Two changes one microsecond apart, in separate passes, with no lookback: the second
+    must not be lost to rounding, and the first is not sent twice."""
+    add_users(url, range(1, 4))
+    execute(url, "UPDATE users SET updated_at = '2000-01-01 00:00:00'")
+    assert once(config, app).counts["updated"] == 3
+    execute(url, f"UPDATE users SET name = 'a', updated_at = {t1} WHERE id = 1")
+    assert once(config, app).counts["updated"] == 1
+    execute(url, f"UPDATE users SET name = 'b', updated_at = {t2} WHERE id = 2")
+    second = once(config, app)
+    assert second.counts["updated"] == 1
+    assert requests(once(config, app)) == {}
+
+
+def test_cursor_values_round_trip_and_shift() -> None:
+    aware = dt.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC)
+    naive = dt.datetime(2026, 1, 2, 3, 4, 5, 1)
+    for value in (aware, naive, "2026-01-02 03:04:05.000001", None, dt.date(2026, 1, 2)):
+        assert decode(encode(value)) == value
+    assert shift(naive, 300) == dt.datetime(2026, 1, 2, 2, 59, 5, 1)
+    assert shift("2026-01-02 03:04:05.123456", 5) == "2026-01-02 03:04:00.123456"
+    assert shift("2026-01-02T03:04:05Z", 3600) == "2026-01-02T02:04:05Z"
+    assert shift("2026-01-02T03:04:05.1+09:00", 1) == "2026-01-02T03:04:04.1+09:00"
+    assert shift("2026-01-02", 10) == "2026-01-01"
+    with pytest.raises(ConfigError, match="ISO 8601"):
+        shift("yesterday", 1)
+    with pytest.raises(ConfigError, match="outbox"):
+        encode(12345)
+
+
+def test_a_notify_starts_a_pass_without_waiting_for_the_interval(
+        pg_url: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    from syncer.daemon import Daemon
+
+    create_table(pg_url)
+    config = make_config(pg_url, f"sqlite:///{tmp_path / 'state.db'}",
+                         capture={"mode": "outbox"}, schedule={"interval_seconds": 3600})
+    ob.install(config)
+    add_users(pg_url, range(1, 6))
+    rt = Runtime(config, transport=mock_transport(sandbox_app))
+    daemon = Daemon(config, rt)
+    daemon.start()
+    try:
+        wait_for(lambda: daemon.passes >= 1 and daemon.listener is not None
+                 and daemon.listener.connected.is_set())
+        assert len(sandbox_app.snapshot()["users"]) == 5
+        add_users(pg_url, range(100, 101))   # the interval is an hour: only NOTIFY can wake it
+        wait_for(lambda: "100" in sandbox_app.snapshot()["users"])
+        assert daemon.listener is not None and daemon.listener.notifications >= 1
+    finally:
+        daemon.stop.set()
+        daemon.shutdown()
+
+
+def wait_for(condition: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within the test's timeout")
+        time.sleep(0.05)
+
+
+def test_cursor_advances_past_a_bulk_update_once_the_lookback_has_passed() -> None:
+    from syncer.capture.watermark import Cursor, Horizon, WatermarkCapture
+    from syncer.config import CaptureConfig
+
+    cap = WatermarkCapture(CaptureConfig(mode="watermark", watermark_column="updated_at",
+                                         lookback_seconds=300))
+    t = dt.datetime(2026, 1, 1, 12)
+    start = Cursor(t, 1000.0, False)
+    assert start.low(300) == (t - dt.timedelta(seconds=300), False)
+    # a newer row moves it and restarts the clock
+    later = cap.advance(start, t + dt.timedelta(seconds=1), None, 1010.0)
+    assert later == Cursor(t + dt.timedelta(seconds=1), 1010.0, False)
+    # nothing newer: the window stays until the lookback has passed on our clock...
+    assert cap.advance(start, t, None, 1299.0) == start
+    # ...then rows at the newest value are settled and later passes read strictly after it
+    settled = cap.advance(start, t, None, 1300.0)
+    assert settled.exclusive and settled.low(300) == (t, True)
+    # PostgreSQL: the horizon is the cursor
+    h = Horizon(t + dt.timedelta(hours=1), t + dt.timedelta(hours=1), None, True)
+    assert cap.advance(start, t, h, 1001.0).value == t + dt.timedelta(hours=1)
+
+
+def test_idle_watermark_passes_stop_rereading_a_bulk_update(db: str, tmp_path: Path,
+                                                            sandbox_app: SandboxApp) -> None:
+    create_table(db)
+    config = config_for(db, tmp_path, "watermark", lookback_seconds=0.2)
+    add_users(db, range(1, 51))
+    execute(db, "UPDATE users SET updated_at = '2026-01-01 00:00:00'")  # one value for all
+    assert once(config, sandbox_app).counts["updated"] == 50
+    time.sleep(0.25)
+    once(config, sandbox_app)
+    idle = once(config, sandbox_app)
+    assert idle.counts.get("scanned", 0) == 0
+    touch(db, "id = 7", "name = 'after'")
+    assert once(config, sandbox_app).counts["updated"] == 1
