@@ -136,15 +136,18 @@ def once(config: Config, reconcile: bool, confirm: bool) -> None:
 
 @main.command()
 @click.option("--reconcile", is_flag=True, help="Plan a full diff instead of an incremental pass.")
+@click.option("--show-values/--hide-values", default=None,
+              help="Show the sample's new values (personal data) [default: on a terminal only].")
 @common()
-def plan(config: Config, reconcile: bool) -> None:
+def plan(config: Config, reconcile: bool, show_values: bool | None) -> None:
     """Dry run: what a pass would send, per endpoint, with a sample and the time it would take.
     Sends nothing and changes nothing."""
     from syncer.report import plan_report
 
     with progress_bar(Console(stderr=True)) as progress:
         result = commands.plan(config, reconcile=reconcile, progress=progress)
-    plan_report(Console(), result)
+    console = Console()
+    plan_report(console, result, console.is_terminal if show_values is None else show_values)
     sys.exit(EXIT_OK if result.outcome == "dry-run" else EXIT_UNDELIVERED)
 
 

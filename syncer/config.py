@@ -138,6 +138,7 @@ class ScheduleConfig(_Model):
 
 class StateConfig(_Model):
     url: str = "sqlite:////var/lib/syncer/state.db"
+    key_file: str | None = None
 
     @property
     def redacted_url(self) -> str:
@@ -160,6 +161,9 @@ class UserPropertiesMapping(_Model):
 class MappingConfig(_Model):
     user_properties: UserPropertiesMapping = UserPropertiesMapping()
     custom_user_properties: dict[str, Identifier] = Field(default_factory=dict)
+    # "omit": a NULL consent is left out (Blux keeps its last value); "false": a NULL or
+    # unreadable consent is sent as false (no consent unless the source says yes).
+    null_consents: Literal["omit", "false"] = "omit"
 
     @field_validator("custom_user_properties")
     @classmethod

@@ -32,6 +32,7 @@ from syncer.destinations import Sender, send
 from syncer.errors import (
     CredentialsRejected,
     DeliveryError,
+    EndpointRefused,
     HeldBack,
     RateLimited,
     RejectedError,
@@ -42,6 +43,10 @@ from syncer.ratelimit import AsyncRateLimiter, Pacer
 from syncer.retry import RetryPolicy
 
 log = structlog.get_logger("syncer.deliver")
+
+# Single users refused one after another with nothing accepted in between: the endpoint refuses
+# everything (a wrong method or body), not these users; stop quarantining them.
+REJECTIONS_BEFORE_BLOCKING = 10
 
 
 class Observer(Protocol):
@@ -84,6 +89,7 @@ class _Lane:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     blocked: str | None = None
     requests: int = 0
+    rejected_in_a_row: int = 0
 
     @property
     def endpoint(self) -> Endpoint:
@@ -103,7 +109,8 @@ class Deliverer:
                  wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  rng: random.Random | None = None,
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None,
+                 pacers: dict[Endpoint, Pacer] | None = None) -> None:
         self.client = client
         self.policy = policy
         self.on_outcome = on_outcome
@@ -114,14 +121,17 @@ class Deliverer:
         self._rng = rng or random.Random()
         self.observer: Observer = observer or NullObserver()
         self.lanes: dict[Endpoint, _Lane] = {}
+        pacers = pacers if pacers is not None else {}
         for sender in senders:
-            limiter = AsyncRateLimiter(Pacer.for_rate(sender.rate), clock, sleep)
+            pacer = pacers.setdefault(sender.endpoint, Pacer.for_rate(sender.rate))
+            limiter = AsyncRateLimiter(pacer, clock, sleep)
             self.lanes[sender.endpoint] = _Lane(sender, limiter,
                                                 asyncio.Semaphore(sender.max_in_flight))
         self.credentials: dict[str, str] = {}  # destination -> why its keys were refused
         self.held: dict[Endpoint, str] = {}
         self.pending_reasons: dict[Endpoint, str] = {}  # the last reason an operation waits
         self._outstanding = 0
+        self._open: dict[int, Op] = {}  # submitted operations without an outcome yet
         self._idle = asyncio.Event()
         self._idle.set()
         self._progress = asyncio.Event()
@@ -158,6 +168,9 @@ class Deliverer:
         sender, or after :meth:`stop_accepting`, are pending at once."""
         for op in ops:
             lane = self.lanes.get(op.endpoint)
+            if id(op) in self._open:
+                continue  # the same operation twice: it gets one outcome
+            self._open[id(op)] = op
             self._outstanding += 1
             self._idle.clear()
             if lane is None or not self._accepting:
@@ -201,11 +214,19 @@ class Deliverer:
     # -- internals
 
     def _resolve(self, ops: Sequence[Op], status: Status, reason: str = "") -> None:
+        """Give each operation its one outcome; an operation that already has one is skipped,
+        and a failing callback is logged, so the count of open operations stays exact."""
         if status is Status.PENDING and ops and reason:
             self.pending_reasons[ops[0].endpoint] = reason
         for op in ops:
-            self.on_outcome(Outcome(op, status, reason))
-        self._outstanding -= len(ops)
+            if self._open.pop(id(op), None) is None:
+                continue
+            self._outstanding -= 1
+            try:
+                self.on_outcome(Outcome(op, status, reason))
+            except Exception:
+                log.exception("delivery.outcome_failed", endpoint=str(op.endpoint),
+                              user_id=op.user_id)
         self._progress.set()
         if self._outstanding <= 0:
             self._outstanding = 0
@@ -299,6 +320,7 @@ class Deliverer:
             log.debug("delivery.request", endpoint=str(endpoint), status=status,
                       size=len(batch.ops), attempt=batch.attempts + 1)
             if error is None:
+                lane.rejected_in_a_row = 0
                 self._resolve(batch.ops, Status.DELIVERED)
             else:
                 self._failed(lane, batch, error)
@@ -313,6 +335,12 @@ class Deliverer:
 
     def _failed(self, lane: _Lane, batch: Batch, error: DeliveryError) -> None:
         endpoint = lane.endpoint
+        if isinstance(error, RejectedError):
+            lane.rejected_in_a_row = lane.rejected_in_a_row + 1 if len(batch.ops) == 1 else 0
+            if lane.rejected_in_a_row >= REJECTIONS_BEFORE_BLOCKING:
+                error = EndpointRefused(
+                    f"{endpoint} refused {lane.rejected_in_a_row} users in a row, each on its own "
+                    f"({error}); stopped sending there: check the configuration")
         if isinstance(error, CredentialsRejected):
             dest = endpoint.destination
             if dest not in self.credentials:
@@ -353,6 +381,9 @@ class Deliverer:
             if batch.attempts >= self.policy.max_attempts:
                 log.warning("delivery.gave_up", endpoint=str(endpoint), size=len(batch.ops),
                             attempts=batch.attempts, reason=str(error))
+                self._resolve(batch.ops, Status.PENDING, str(error))
+                return
+            if not self._accepting:
                 self._resolve(batch.ops, Status.PENDING, str(error))
                 return
             delay = self.policy.backoff(batch.attempts, self._rng)

@@ -36,8 +36,11 @@ _KIND = {
 
 
 def operations(record: UserRecord, state: UserState | None, mapping: Mapping,
-               destinations: Collection[str]) -> list[Op]:
-    """What must be sent for this user so that every destination matches the source."""
+               destinations: Collection[str], *, retry_deletions: bool = False) -> list[Op]:
+    """What must be sent for this user so that every destination matches the source.
+
+    A quarantined update waits until the user's data changes. A quarantined deletion has no data
+    to change: ``retry_deletions`` (reconcile passes) tries it again."""
     ops: list[Op] = []
     delivered = state.deliveries if state else {}
     quarantined = state.quarantine if state else {}
@@ -45,7 +48,8 @@ def operations(record: UserRecord, state: UserState | None, mapping: Mapping,
         blux = delivered.get(BLUX)
         held = quarantined.get(BLUX)
         if record.deleted:
-            if not (blux and blux.deleted) and not _waits(held, DELETION_FINGERPRINT):
+            if not (blux and blux.deleted) and not (
+                    not retry_deletions and _waits(held, DELETION_FINGERPRINT)):
                 ops.append(Op(Endpoint.BLUX_DELETE, record.user_id, priority=URGENT,
                               reason="deleted in the source"))
         elif record.payload is not None:
@@ -66,7 +70,8 @@ def operations(record: UserRecord, state: UserState | None, mapping: Mapping,
     if NACHOCODE in destinations and record.deleted:
         nacho = delivered.get(NACHOCODE)
         held = quarantined.get(NACHOCODE)
-        if not (nacho and nacho.deleted) and not _waits(held, DELETION_FINGERPRINT):
+        if not (nacho and nacho.deleted) and not (
+                not retry_deletions and _waits(held, DELETION_FINGERPRINT)):
             ops.append(Op(Endpoint.NACHOCODE_WITHDRAW, record.user_id, priority=URGENT,
                           reason="deleted in the source"))
     return ops
@@ -117,7 +122,7 @@ def settle(record: UserRecord, state: UserState | None, outcomes: Sequence[Outco
         key_int=key_int,
         source_key=source_key,
         row_hash=row_hash,
-        gone=record.deleted and not dirty,
+        gone=record.deleted,  # what the source says; ``dirty`` says what is still owed
         dirty=dirty,
         deliveries=deliveries,
         quarantine_set=tuple(quarantine_set),

@@ -12,7 +12,9 @@
         ├── RejectedError               400: the request carries something the API refuses;
         │                               narrow the batch down and quarantine the users that cause it
         ├── HeldBack                    the destination cannot take this kind of request now
-        │                               (nachocode 403 ERR-AB-ACS-21): keep it pending, report it
+        │   │                           (nachocode 403 ERR-AB-ACS-21): keep it pending, report it
+        │   └── EndpointRefused         it refuses every request of this kind (a redirect, 405,
+        │                               415...): a configuration problem; keep pending, report
         └── CredentialsRejected         401/404 on the keys: stop that destination, exit 3
 
 Foreign exceptions (httpx, SQLAlchemy, psycopg) are translated where they are caught, with
@@ -48,16 +50,19 @@ class StateError(SyncerError):
 class SafetyValveTripped(SyncerError):
     """A pass would delete more than the configured share of the known users."""
 
-    def __init__(self, deletions: int, known: int, fraction: float) -> None:
+    def __init__(self, deletions: int, known: int, fraction: float,
+                 at_least: bool = False) -> None:
         self.deletions = deletions
         self.known = known
         self.fraction = fraction
         share = deletions / known if known else 1.0
+        many = f"at least {deletions}" if at_least else str(deletions)
         super().__init__(
-            f"safety valve: this pass would delete {deletions} of {known} known users "
-            f"({share:.1%}, more than max_delete_fraction = {fraction:g}); nothing was sent. "
-            "Check the source (a truncated table or a wrong query?); if the deletions are "
-            "intended, run `syncer once --confirm`."
+            f"safety valve: this pass would delete {many} of {known} known users "
+            f"({'at least ' if at_least else ''}{share:.1%}, more than max_delete_fraction = "
+            f"{fraction:g}); nothing was sent. "
+            "Check the source (a truncated table or a wrong query?); `syncer plan` counts them "
+            "all; if the deletions are intended, run `syncer once --confirm`."
         )
 
 
@@ -83,6 +88,11 @@ class RejectedError(DeliveryError):
 
 class HeldBack(DeliveryError):
     """The destination cannot take this kind of request for now; keep it pending."""
+
+
+class EndpointRefused(HeldBack):
+    """The endpoint refuses requests whatever their content (3xx, 405, 415, ...): the base URL or
+    method is wrong. Nothing is quarantined; everything stays pending until it is fixed."""
 
 
 class CredentialsRejected(DeliveryError):

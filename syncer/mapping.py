@@ -46,6 +46,8 @@ class Mapping:
     def __init__(self, config: MappingConfig, salt: bytes) -> None:
         self.user_properties = config.user_property_columns()
         self.custom_properties = dict(config.custom_user_properties)
+        self.null_consents_false = config.null_consents == "false"
+        self._config = config.model_dump(mode="json")
         self.columns = config.columns()
         self._salt = salt
         # Field order of the tags: every mapped field by display name, sorted.
@@ -54,13 +56,11 @@ class Mapping:
         )
         self._layout = hashlib.blake2b(_canonical(self.fields), digest_size=2).digest()
 
-    def signature(self) -> int:
-        """A 63-bit number naming this mapping and normalisation: seeds the database row hashes."""
-        digest = hashlib.blake2b(
-            _canonical([NORMALISATION_VERSION, sorted(self.user_properties.items()),
-                        sorted(self.custom_properties.items())]),
-            digest_size=8,
-        ).digest()
+    def row_hash_seed(self) -> int:
+        """A 63-bit secret naming this key, mapping and normalisation: seeds the database row
+        hashes, so they change when any of those does, and cannot be tested without the key."""
+        digest = hashlib.blake2b(_canonical([NORMALISATION_VERSION, self._config]),
+                                 key=self._salt, digest_size=8).digest()
         return int.from_bytes(digest, "big") >> 1
 
     def record(self, row: RawRow) -> UserRecord:
@@ -79,7 +79,10 @@ class Mapping:
         out: list[tuple[str, JsonScalar]] = []
         for name, column in fields.items():
             raw = values.get(column)
+            no_means_false = self.null_consents_false and not prefix and name in CONSENTS
             if raw is None:
+                if no_means_false:
+                    out.append((name, False))
                 continue
             normaliser = _PROPERTY_NORMALISERS.get(name, normalize.custom) if not prefix \
                 else normalize.custom
@@ -87,6 +90,8 @@ class Mapping:
                 out.append((name, normaliser(raw)))
             except Invalid as exc:
                 problems.append(FieldProblem(prefix + name, str(exc)))
+                if no_means_false:
+                    out.append((name, False))
         out.sort()
         return out
 

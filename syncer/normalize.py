@@ -128,12 +128,19 @@ def custom(raw: object) -> JsonScalar:
     raise Invalid(f"a {type(raw).__name__} cannot be sent")
 
 
+_DATE_LIKE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_DELETED_WORDS: Final = _TRUE | {"deleted", "removed", "withdrawn"}
+
+
 def is_deleted_flag(raw: object) -> bool:
-    """The soft-delete column: NULL, false, 0 and '' mean alive; anything else means deleted."""
+    """The soft-delete column: NULL, false, 0, '' and no-words mean alive; true, non-zero numbers,
+    yes-words, dates and timestamps mean deleted. Other text (a status such as 'active') is not
+    a deletion: a deletion cannot be undone, so it needs a clear signal."""
     if raw is None or raw is False or raw in (0, ""):
         return False
     if isinstance(raw, str):
-        return raw.strip().lower() not in _FALSE | {""}
+        word = raw.strip().lower()
+        return word in _DELETED_WORDS or bool(_DATE_LIKE.match(word))
     if isinstance(raw, bytes):
         return raw not in (b"", b"\x00", b"0")
     return True

@@ -17,14 +17,14 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeVar
 
 import httpx
 import structlog
 
-from syncer import __version__, diff, normalize
-from syncer.capture import Candidates, Capture, CaptureContext
+from syncer import __version__, diff, fingerprint_key, normalize
+from syncer.capture import Candidates, Capture, CaptureContext, TooManyDeletions
 from syncer.capture.outbox import OutboxCapture
 from syncer.capture.snapshot import SnapshotCapture
 from syncer.capture.watermark import WatermarkCapture
@@ -34,7 +34,7 @@ from syncer.destinations import Sender
 from syncer.destinations.blux import BluxDelete, BluxUpdate
 from syncer.destinations.nachocode import NachocodeWithdraw
 from syncer.errors import ConfigError, SafetyValveTripped, SyncerError
-from syncer.mapping import Mapping
+from syncer.mapping import CONSENTS, Mapping
 from syncer.model import (
     BLUX,
     NACHOCODE,
@@ -48,6 +48,7 @@ from syncer.model import (
     UserWrite,
 )
 from syncer.normalize import Invalid
+from syncer.ratelimit import Pacer
 from syncer.retry import RetryPolicy
 from syncer.source import Source
 from syncer.state import StateStore
@@ -85,12 +86,18 @@ class Runtime:
                  sleep: Callable[[float], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  observer: Observer | None = None,
-                 instance: str | None = None) -> None:
+                 instance: str | None = None,
+                 fingerprint: bytes | None = None) -> None:
         self.config = config
         self.state: StateStore = state or SqlStateStore.from_url(config.state.url)
-        self.mapping = Mapping(config.mapping, self.state.salt())
+        try:
+            key = fingerprint_key.load(config, self.state) if fingerprint is None else fingerprint
+        except BaseException:
+            self.state.close()
+            raise
+        self.mapping = Mapping(config.mapping, key)
         self.source = source or Source(config.source, config.capture, self.mapping.columns,
-                                       self.mapping.signature(),
+                                       self.mapping.row_hash_seed(),
                                        owners=config.column_owners())
         self.senders = build_senders(config)
         self.destinations = frozenset(s.endpoint.destination for s in self.senders)
@@ -106,7 +113,26 @@ class Runtime:
         self._source_pool = ThreadPoolExecutor(1, thread_name_prefix="syncer-source")
         self._state_pool = ThreadPoolExecutor(1, thread_name_prefix="syncer-state")
         self.last_credentials: dict[str, str] = {}
+        self.pacers: dict[Endpoint, Pacer] = {}  # outlive passes: back-to-back passes stay paced
+        self.last_beat = time.monotonic()
+        self._known: tuple[int, float] | None = None
         self.source_seconds = 0.0  # time spent on source work (queries, fetches, hashing)
+
+    async def known_users(self, fresh: bool = False) -> int:
+        """How many users the state knows alive, for the safety valve. Counting a large state
+        takes a while, so the count is reused for a few minutes: it moves slowly, and the valve
+        only needs its size."""
+        now = time.monotonic()
+        if fresh or self._known is None or now - self._known[1] > 300:
+            self._known = (await self.in_state(self.state.known_users), now)
+        return self._known[0]
+
+    def forget_known_users(self) -> None:
+        self._known = None
+
+    def beat(self) -> None:
+        """Work is progressing (the watchdog pings only while it does)."""
+        self.last_beat = time.monotonic()
 
     @property
     def ctx(self) -> CaptureContext:
@@ -242,6 +268,8 @@ class _Pass:
         self.time_limit = time_limit
         self.timed_out = False
         self.initial = False
+        self.skip_history = False
+        self.handled: dict[str, object] = {}  # user id -> the source key it was read by
         self.reconcile = reconcile
         self.confirm = confirm
         self.dry_run = dry_run
@@ -261,7 +289,11 @@ class _Pass:
 
     def on_outcome(self, outcome: Outcome) -> None:
         op = outcome.op
-        work = self.tracking[op.user_id]
+        self.rt.beat()
+        work = self.tracking.get(op.user_id)
+        if work is None:  # cannot happen: every user is examined once per pass
+            log.error("pass.untracked_outcome", user_id=op.user_id, endpoint=str(op.endpoint))
+            return
         work.outcomes.append(outcome)
         if outcome.status is Status.DELIVERED:
             self.counts[{Endpoint.BLUX_UPDATE: "updated", Endpoint.BLUX_DELETE: "deleted",
@@ -279,36 +311,51 @@ class _Pass:
     # -- reading and diffing (worker thread)
 
     def examine(self, keys: Sequence[object]) -> list[_Work]:
+        """Read these users' rows, map them, and diff them against the state. Each user is
+        examined once per pass, however many times a capture names it."""
         rt = self.rt
+        rt.beat()
         records: dict[str, UserRecord] = {}
+        twice: set[str] = set()
         for raw in rt.source.read(keys):
             try:
                 record = rt.mapping.record(raw)
             except Invalid as exc:
                 self._invalid_key(raw.key, str(exc))
                 continue
-            if record.user_id in records:
-                self._invalid_key(raw.key, "two rows have this key once trimmed")
+            if record.user_id in records or record.user_id in twice:
+                twice.add(record.user_id)
                 continue
             records[record.user_id] = record
+        for dup in twice:  # which row is the user? neither is sent until the source says
+            del records[dup]
+            self._invalid_key(dup, "two rows of the source give this user id (duplicate key, "
+                                   "or keys that differ only by surrounding spaces)")
         for key in keys:
-            try:
-                uid = normalize.user_id(key)
-            except Invalid:
-                continue
-            if uid not in records:
-                records[uid] = UserRecord(uid, key, None, deleted=True)
+            wanted = _uid(key)
+            if wanted is not None and wanted not in records and wanted not in twice:
+                records[wanted] = UserRecord(wanted, key, None, deleted=True)
+        for uid in [u for u in records if u in self.handled]:
+            earlier = self.handled[uid]
+            if records[uid].source_key != earlier and not records[uid].deleted:
+                self._invalid_key(records[uid].source_key,
+                                  "another row already gave this user id in this pass (keys "
+                                  "that differ only by surrounding spaces?); only that one was "
+                                  "sent")
+            del records[uid]
+        self.handled.update((uid, r.source_key) for uid, r in records.items())
         states = rt.state.lookup(list(records))
         out: list[_Work] = []
-        skip_history = self.initial and rt.config.capture.initial_deletions == "skip"
         for uid, record in records.items():
             state = states.get(uid)
-            if skip_history and record.deleted and state is None:
+            if self.skip_history and record.deleted and state is None:
                 # Deleted before syncer ever ran: recorded as history, not sent.
                 self.counts["deleted_before_first_pass"] += 1
                 ops: list[Op] = []
             else:
-                ops = diff.operations(record, state, rt.mapping, rt.destinations)
+                ops = diff.operations(record, state, rt.mapping, rt.destinations,
+                                      retry_deletions=self.kind == "reconcile")
+                self._note_cleared_consents(ops)
             key = record.source_key
             key_int = key if self.key_kind is KeyKind.INT and type(key) is int else None
             text = key if isinstance(key, str) else None
@@ -320,6 +367,21 @@ class _Pass:
                     log.debug("mapping.field_problem", user_id=uid, field=problem.field,
                               reason=problem.reason)
         return out
+
+    def _note_cleared_consents(self, ops: list[Op]) -> None:
+        """A consent that Blux had and the source no longer gives (NULL or unreadable) cannot be
+        removed at Blux: say so, by user id (``[mapping] null_consents = "false"`` sends it as
+        false instead)."""
+        for op in ops:
+            if op.payload is None or not op.changed_fields:
+                continue
+            sent = dict(op.payload.user_properties)
+            for name in op.changed_fields:
+                if name in CONSENTS and name not in sent:
+                    self.counts["consents_cleared"] += 1
+                    log.warning("mapping.consent_cleared", user_id=op.user_id, field=name,
+                                hint="Blux keeps its last value; set the column to false to "
+                                     "withdraw, or [mapping] null_consents = \"false\"")
 
     def _invalid_key(self, key: object, reason: str) -> None:
         self.counts["invalid_keys"] += 1
@@ -393,8 +455,17 @@ class _Pass:
         self.key_kind = await rt.in_source(rt.source.key_kind)
         self.initial = not await rt.in_state(rt.state.has_users) and not any(
             p.outcome in ("ok", "partial") for p in await rt.in_state(rt.state.recent_passes, 50))
+        known = await rt.known_users(fresh=self.dry_run)
+        fraction = rt.config.capture.max_delete_fraction
+        limit = max(float(rt.config.capture.max_delete_floor), fraction * known)
+        self.skip_history = self.initial and rt.config.capture.initial_deletions == "skip"
+        ctx = replace(rt.ctx, count_unknown_deletions=not self.skip_history,
+                      valve_limit=None if self.confirm or self.dry_run else limit, beat=rt.beat)
         self._progress("capture", 0, None)
-        found: Candidates = await rt.in_source(self.capture.collect, rt.ctx)
+        try:
+            found: Candidates = await rt.in_source(self.capture.collect, ctx)
+        except TooManyDeletions as exc:
+            raise SafetyValveTripped(exc.deletions, known, fraction, at_least=True) from None
         if found.reconcile:
             self.kind = "reconcile"
         self.more = found.more
@@ -402,32 +473,34 @@ class _Pass:
         self.counts["candidates"] = found.total
         for key, reason in found.invalid:
             self._invalid_key(key, reason)
-        known = await rt.in_state(rt.state.known_users)
-        fraction = rt.config.capture.max_delete_fraction
-        limit = max(float(rt.config.capture.max_delete_floor), fraction * known)
-        self.plan.known_users, self.plan.known_deletions = known, found.known_deletions
+        self.plan.known_users, self.plan.known_deletions = known, found.deletions
         self.plan.valve_limit, self.plan.position = limit, dict(found.position)
-        if found.known_deletions > limit and not self.confirm and not self.dry_run:
-            raise SafetyValveTripped(found.known_deletions, known, fraction)
+        if found.deletions > limit and not self.confirm and not self.dry_run:
+            raise SafetyValveTripped(found.deletions, known, fraction)
         if self.dry_run:
             await self._plan(found)
             return "dry-run", None
-        async with rt.http_client() as client, Deliverer(
-            rt.senders, client, rt.policy, self.on_outcome, timeouts=rt.timeouts(),
-            clock=rt.clock, sleep=rt.sleep or asyncio.sleep, observer=rt.observer,
-        ) as deliverer:
-            self.deliverer = deliverer
-            watcher = asyncio.create_task(self._watch_stop())
-            try:
-                deliverer.feeding = True
+        try:
+            async with rt.http_client() as client, Deliverer(
+                rt.senders, client, rt.policy, self.on_outcome, timeouts=rt.timeouts(),
+                clock=rt.clock, sleep=rt.sleep or asyncio.sleep, observer=rt.observer,
+                pacers=rt.pacers,
+            ) as deliverer:
+                self.deliverer = deliverer
+                watcher = asyncio.create_task(self._watch_stop())
                 try:
-                    await self._feed(found)
+                    deliverer.feeding = True
+                    try:
+                        await self._feed(found)
+                    finally:
+                        deliverer.feeding_done()
+                    await deliverer.drain()
                 finally:
-                    deliverer.feeding_done()
-                await deliverer.drain()
-            finally:
-                watcher.cancel()
-        await self._flush()
+                    watcher.cancel()
+        finally:
+            await self._flush()  # what was delivered is recorded, even when the pass fails
+            if found.total:
+                rt.forget_known_users()
         stopped = self.stop.is_set() or self.timed_out
         if found.commit is not None and not stopped:
             await rt.in_source(found.commit)
@@ -508,6 +581,13 @@ class _Pass:
     def _progress(self, phase: str, done: int, total: int | None) -> None:
         if self.progress is not None:
             self.progress(phase, done, total)
+
+
+def _uid(key: object) -> str | None:
+    try:
+        return normalize.user_id(key)
+    except Invalid:
+        return None
 
 
 def _sample(op: Op) -> Sample:

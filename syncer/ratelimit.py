@@ -30,6 +30,7 @@ class Pacer:
             raise ValueError("interval must be > 0")
         self.interval = interval
         self._last: float | None = None
+        self.hold_until = 0.0  # a server's Retry-After: nothing leaves before this
 
     @classmethod
     def for_rate(cls, rate: float, margin: float = MARGIN) -> Pacer:
@@ -42,16 +43,21 @@ class Pacer:
 
     def delay(self, now: float) -> float:
         """Seconds to wait before the next event may happen at ``now``."""
+        held = self.hold_until - now
         if self._last is None:
-            return 0.0
-        return max(0.0, self._last + self.interval - now)
+            return max(0.0, held)
+        return max(0.0, self._last + self.interval - now, held)
+
+    def hold(self, until: float) -> None:
+        self.hold_until = max(self.hold_until, until)
 
     def record(self, now: float) -> None:
         self._last = now
 
 
 class AsyncRateLimiter:
-    """Hands out send slots in arrival order; ``pause_until`` honours a server's Retry-After."""
+    """Hands out send slots of one :class:`Pacer` in arrival order. The pacer outlives passes
+    (it belongs to the process), so back-to-back passes stay paced too."""
 
     def __init__(self, pacer: Pacer, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
@@ -59,17 +65,16 @@ class AsyncRateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._lock = asyncio.Lock()
-        self._paused_until = 0.0
         self.waited = 0.0  # total seconds spent waiting for a slot
 
     def pause_until(self, when: float) -> None:
-        self._paused_until = max(self._paused_until, when)
+        self.pacer.hold(when)
 
     async def acquire(self) -> None:
         async with self._lock:
             while True:
                 now = self._clock()
-                wait = max(self.pacer.delay(now), self._paused_until - now)
+                wait = self.pacer.delay(now)
                 if wait <= 0:
                     break
                 self.waited += wait

@@ -69,7 +69,7 @@ def pass_summary(console: Console, result: PassResult) -> None:
                       "them[/]")
 
 
-def plan_report(console: Console, result: PassResult) -> None:
+def plan_report(console: Console, result: PassResult, show_values: bool = True) -> None:
     plan = result.plan
     assert plan is not None
     console.print(f"plan for a {result.kind} pass ({result.mode}); nothing is sent or recorded")
@@ -93,9 +93,15 @@ def plan_report(console: Console, result: PassResult) -> None:
                        title=f"sample: {len(plan.samples)} of {total} operations")
         sample.columns[3].overflow = "fold"
         for s in plan.samples:
-            fields = ", ".join(f"{k}={v!r}" for k, v in s.fields.items()) or "-"
-            sample.add_row(escape(s.user_id), s.endpoint, s.reason, escape(fields))
+            if show_values:
+                fields = ", ".join(f"{k}={v!r}" for k, v in s.fields.items())
+            else:
+                fields = ", ".join(s.fields)
+            sample.add_row(escape(s.user_id), s.endpoint, s.reason, escape(fields or "-"))
         console.print(sample)
+        if not show_values:
+            console.print("[dim]new values are shown on a terminal only (they are personal "
+                          "data); --show-values shows them here too[/]")
     problems = {k.split(":", 1)[1]: v for k, v in result.counts.items()
                 if k.startswith("problem:")}
     if problems:

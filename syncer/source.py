@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, inspect, text
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, inspect, text
 from sqlalchemy import types as satypes
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchTableError, SQLAlchemyError
@@ -50,11 +50,52 @@ def create_source_engine(url: str) -> Engine:
     elif parsed.drivername in ("mysql", "mariadb"):
         parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
     if backend == "postgresql":
-        kwargs["connect_args"] = {"application_name": "syncer"}
-    if backend == "sqlite":
+        # A dead server or network is noticed in about a minute, not after TCP's 15.
+        kwargs["connect_args"] = {"application_name": "syncer", "connect_timeout": 10,
+                                  "keepalives": 1, "keepalives_idle": 30,
+                                  "keepalives_interval": 10, "keepalives_count": 3}
+    elif backend in ("mysql", "mariadb"):
+        kwargs["connect_args"] = {"connect_timeout": 10, "read_timeout": 600,
+                                  "write_timeout": 60}
+    else:
         kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30},
                   "hide_parameters": True}
-    return create_engine(parsed, **kwargs)
+    engine = create_engine(parsed, **kwargs)
+    event.listen(engine, "connect", _session_limits(backend))
+    return engine
+
+
+# The reader never waits long for a lock (a migration holding the table) and never runs a
+# statement for ages: the pass fails, says why, and the next one tries again.
+LOCK_TIMEOUT_SECONDS: Final = 10
+STATEMENT_TIMEOUT_SECONDS: Final = 600
+
+
+def _session_limits(backend: str) -> Any:
+    statements = {
+        "postgresql": [f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'",
+                       f"SET statement_timeout = '{STATEMENT_TIMEOUT_SECONDS}s'",
+                       "SET idle_in_transaction_session_timeout = '600s'"],
+        "mysql": [f"SET SESSION lock_wait_timeout = {LOCK_TIMEOUT_SECONDS}",
+                  f"SET SESSION innodb_lock_wait_timeout = {LOCK_TIMEOUT_SECONDS}",
+                  f"SET SESSION max_execution_time = {STATEMENT_TIMEOUT_SECONDS * 1000}",
+                  f"SET SESSION max_statement_time = {STATEMENT_TIMEOUT_SECONDS}"],
+    }.get("mysql" if backend == "mariadb" else backend, [])
+
+    def apply(dbapi_conn: Any, _record: Any) -> None:
+        for statement in statements:
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.execute(statement)
+            except Exception:
+                if backend == "postgresql":
+                    raise
+            finally:
+                cursor.close()
+        if backend == "postgresql":
+            dbapi_conn.commit()
+
+    return apply
 
 
 def describe_error(exc: BaseException) -> str:
@@ -129,8 +170,8 @@ class Source:
     def order_expr(self) -> str:
         if self.key_kind() is not KeyKind.TEXT:
             return self.pk
-        if self.dialect == "postgresql":
-            return f'{self.pk} COLLATE "C"'
+        if self.dialect == "postgresql":  # any type (numeric, a domain...) as text, bytewise
+            return f'({self.pk})::text COLLATE "C"'
         if self.dialect in ("mysql", "mariadb"):
             return f"CAST({self.pk} AS BINARY)"
         return f"{self.pk} COLLATE BINARY"
@@ -176,20 +217,25 @@ class Source:
             raise ConfigError(problems)
 
     def key_kind(self) -> KeyKind:
-        if self._kind is None:
-            self._kind = self._detect_kind()
-        return self._kind
+        """How keys are ordered: from the column's type, else from a sample value (until the
+        table has a row, the guess is not kept)."""
+        if self._kind is not None:
+            return self._kind
+        kind, sure = self._detect_kind()
+        if sure:
+            self._kind = kind
+        return kind
 
-    def _detect_kind(self) -> KeyKind:
+    def _detect_kind(self) -> tuple[KeyKind, bool]:
         if self._pk_type is None and self.config.table:
             self.check()
         pk_type = self._pk_type
-        if pk_type is not None:
-            if isinstance(pk_type, satypes.Integer):
-                return KeyKind.INT
-            if isinstance(pk_type, satypes.Uuid):
-                return KeyKind.UUID
-            return KeyKind.TEXT
+        if isinstance(pk_type, satypes.Integer):
+            return KeyKind.INT, True
+        if isinstance(pk_type, satypes.Uuid):
+            return KeyKind.UUID, True
+        if isinstance(pk_type, satypes.String):
+            return KeyKind.TEXT, True
         with self.connect() as conn:
             try:
                 sample = conn.execute(text(
@@ -199,10 +245,10 @@ class Source:
                 raise SourceError(f"cannot read {self.description}: {describe_error(exc)}") \
                     from exc
         if isinstance(sample, int) and not isinstance(sample, bool):
-            return KeyKind.INT
+            return KeyKind.INT, True
         if isinstance(sample, uuid.UUID):
-            return KeyKind.UUID
-        return KeyKind.TEXT
+            return KeyKind.UUID, True
+        return KeyKind.TEXT, sample is not None
 
     def typed_key(self, user_id: str, source_key: str | None) -> object:
         """The value to look a user up by in the source, from what the state keeps."""

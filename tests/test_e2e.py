@@ -105,7 +105,7 @@ def test_syncer_once_makes_blux_equal_to_postgres_and_then_sends_only_changes(
         execute(pg_url, "UPDATE users SET name = 'changed' WHERE id % 1000 = 1")       # 20
         execute(pg_url, "UPDATE users SET marketing = 0 WHERE id IN (2, 4, 6)")        # 3
         execute(pg_url, "UPDATE users SET touched = 'x' WHERE id % 10 = 5")            # 2000
-        execute(pg_url, "UPDATE users SET deleted_at = 'now' WHERE id IN (7, 8)")
+        execute(pg_url, "UPDATE users SET deleted_at = '2026-11-27' WHERE id IN (7, 8)")
         execute(pg_url, "DELETE FROM users WHERE id IN (9, 10, 11)")
         insert_users(pg_url, [user_row(i) for i in range(30_001, 30_011)])
         before = {k: v["total"] for k, v in app.snapshot()["requests"].items()}

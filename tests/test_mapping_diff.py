@@ -82,7 +82,7 @@ def test_state_keeps_no_personal_data() -> None:
 
 def test_operations_for_new_changed_unchanged_and_deleted_users() -> None:
     m = Mapping(CONFIG, SALT)
-    store = MemoryStateStore(SALT)
+    store = MemoryStateStore()
     first = record(m, 1, mkt=1, name="a")
     ops = diff.operations(first, None, m, BOTH)
     assert [o.endpoint for o in ops] == [Endpoint.BLUX_UPDATE]
@@ -109,7 +109,7 @@ def test_pending_outcome_keeps_the_user_dirty_and_records_nothing() -> None:
 
 def test_quarantined_user_waits_for_a_change() -> None:
     m = Mapping(CONFIG, SALT)
-    store = MemoryStateStore(SALT)
+    store = MemoryStateStore()
     r = record(m, 9, mkt=1, name="x")
     (op,) = diff.operations(r, None, m, BOTH)
     store.write([diff.settle(r, None, [Outcome(op, Status.QUARANTINED, "400: bad")], 9, None)],
@@ -140,7 +140,7 @@ def test_replaying_the_operations_rebuilds_the_source(snapshots: list[dict[int, 
     """Passes over random snapshots, some with every user's first operation failing, then one
     clean pass: the destination built from the operations equals the source."""
     m = Mapping(CONFIG, SALT)
-    store = MemoryStateStore(SALT)
+    store = MemoryStateStore()
     blux: dict[str, dict[str, Any]] = {}
     withdrawn: set[str] = set()
 

@@ -111,6 +111,7 @@ def test_soft_delete_flag_is_total(raw: object) -> None:
 @pytest.mark.parametrize("raw, deleted", [
     (None, False), (False, False), (0, False), ("", False), ("0", False), ("false", False),
     (True, True), (1, True), ("2026-01-01", True), (dt.datetime(2026, 1, 1), True),
+    ("Y", True), ("deleted", True), ("active", False), ("pending", False), ("N", False),
 ])
 def test_soft_delete_flag(raw: object, deleted: bool) -> None:
     assert normalize.is_deleted_flag(raw) is deleted

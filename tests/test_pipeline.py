@@ -114,7 +114,7 @@ def test_safety_valve_stops_a_mass_deletion_until_confirmed(tmp_path: Path,
 
     tripped = once(config, sandbox_app)
     assert tripped.outcome == "valve" and tripped.exit_code == 1
-    assert "300 of 400" in (tripped.message or "")
+    assert "at least 21 of 400" in (tripped.message or "")
     assert requests(tripped) == {}
     assert len(sandbox_app.snapshot()["users"]) == 400
 
@@ -246,6 +246,10 @@ def test_rows_deleted_before_the_first_pass(tmp_path: Path, sandbox_app: Sandbox
     config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}",
                          capture={"initial_deletions": policy})
     first = once(config, sandbox_app)
+    if policy == "send":
+        # irreversible withdrawals of users syncer never saw: the safety valve wants a person
+        assert first.outcome == "valve" and requests(first) == {}
+        first = once(config, sandbox_app, confirm=True)
     assert first.outcome == "ok" and first.counts["updated"] == 70
     if policy == "skip":
         assert first.counts["deleted_before_first_pass"] == 30
@@ -259,3 +263,51 @@ def test_rows_deleted_before_the_first_pass(tmp_path: Path, sandbox_app: Sandbox
     insert_users(src, [user_row(500, deleted_at="2026-11-27")])
     later = once(config, sandbox_app)
     assert later.counts["deleted"] == 1 and later.counts["withdrawn"] == 1
+
+
+def test_the_state_alone_reveals_no_personal_data(tmp_path: Path,
+                                                  sandbox_app: SandboxApp) -> None:
+    """The state holds keyed hashes; the key lives in a file outside it (0600)."""
+    import os
+    import sqlite3
+
+    from syncer.errors import ConfigError
+
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    insert_users(src, [user_row(i) for i in range(1, 51)])
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    config = make_config(src, f"sqlite:///{state_dir / 'state.db'}")
+    assert once(config, sandbox_app).counts["updated"] == 50
+    key_file = state_dir / "fingerprint.key"
+    assert oct(os.stat(key_file).st_mode & 0o777) == "0o600"
+    dump = "\n".join(sqlite3.connect(state_dir / "state.db").iterdump())
+    for row in (user_row(i) for i in range(1, 51)):
+        digits = "".join(ch for ch in row["phone"] if ch.isdigit())
+        assert digits not in dump and row["email"] not in dump and row["name"] not in dump
+    assert key_file.read_text().strip() not in dump
+    # a different key is noticed, not silently used (it would re-send everyone)
+    original = key_file.read_text()
+    key_file.write_text("00" * 32)
+    with pytest.raises(ConfigError, match="not the key this state was written with"):
+        once(config, sandbox_app)
+    key_file.unlink()
+    with pytest.raises(ConfigError, match="is missing"):
+        once(config, sandbox_app)
+    key_file.write_text(original)
+    assert requests(once(config, sandbox_app)) == {}
+
+
+def test_a_postgres_state_needs_a_key_file(tmp_path: Path, pg_state_url: str,
+                                           sandbox_app: SandboxApp) -> None:
+    from syncer.errors import ConfigError
+
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    insert_users(src, [user_row(i) for i in range(1, 11)])
+    with pytest.raises(ConfigError, match="key_file is needed"):
+        once(make_config(src, pg_state_url), sandbox_app)
+    config = make_config(src, pg_state_url, state={"key_file": str(tmp_path / "k" / "fp.key")})
+    assert once(config, sandbox_app).counts["updated"] == 10
+    assert requests(once(config, sandbox_app)) == {}

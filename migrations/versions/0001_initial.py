@@ -24,7 +24,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "syncer_users",
-        sa.Column("user_id", sa.String(255), primary_key=True),
+        sa.Column("user_id", sa.Text, primary_key=True),
         sa.Column("key_int", sa.BigInteger, nullable=True),
         sa.Column("source_key", sa.Text, nullable=True),
         sa.Column("row_hash", sa.BigInteger, nullable=True),
@@ -36,11 +36,11 @@ def upgrade() -> None:
     op.create_index("ix_syncer_users_key_int", "syncer_users",
                     ["key_int", "user_id", "row_hash", "gone", "dirty"])
     op.create_index("ix_syncer_users_dirty", "syncer_users", ["dirty"],
-                    sqlite_where=sa.text("dirty"), postgresql_where=sa.text("dirty"))
+                    sqlite_where=sa.text("dirty = 1"), postgresql_where=sa.text("dirty"))
     op.create_table(
         "syncer_deliveries",
         sa.Column("destination", sa.String(32), primary_key=True),
-        sa.Column("user_id", sa.String(255), primary_key=True),
+        sa.Column("user_id", sa.Text, primary_key=True),
         sa.Column("fingerprint", sa.LargeBinary(16), nullable=True),
         sa.Column("field_tags", sa.LargeBinary(256), nullable=True),
         sa.Column("deleted", sa.Boolean, nullable=False),
@@ -49,7 +49,7 @@ def upgrade() -> None:
     op.create_table(
         "syncer_quarantine",
         sa.Column("destination", sa.String(32), primary_key=True),
-        sa.Column("user_id", sa.String(255), primary_key=True),
+        sa.Column("user_id", sa.Text, primary_key=True),
         sa.Column("fingerprint", sa.LargeBinary(16), nullable=False),
         sa.Column("reason", sa.Text, nullable=False),
         sa.Column("since", sa.DateTime, nullable=False),
@@ -58,7 +58,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "syncer_problems",
-        sa.Column("user_id", sa.String(255), primary_key=True),
+        sa.Column("user_id", sa.Text, primary_key=True),
         sa.Column("field", sa.String(128), primary_key=True),
         sa.Column("reason", sa.Text, nullable=False),
         sa.Column("since", sa.DateTime, nullable=False),

@@ -23,7 +23,7 @@ from syncer.mapping import Mapping
 from syncer.model import RawRow
 from syncer.normalize import Invalid
 from syncer.source import Source
-from syncer.state import StateStore
+from syncer.state import ScanRow, StateStore
 
 
 @dataclass(slots=True)
@@ -33,7 +33,7 @@ class Candidates:
     changed: list[object] = field(default_factory=list)   # keys that may differ from the state
     invalid: list[tuple[str, str]] = field(default_factory=list)  # (key as text, why)
     scanned: int = 0                                       # rows the capture looked at
-    known_deleted: int = 0         # deletions (soft or absent) of users the state knows alive
+    deletions: int = 0             # deletions the pass would send: what the safety valve weighs
     more: bool = False             # the capture left work for an immediate next pass
     position: dict[str, object] = field(default_factory=dict)
     commit: Callable[[], None] | None = None               # run after the results are recorded
@@ -43,10 +43,29 @@ class Candidates:
     def total(self) -> int:
         return len(self.deleted) + len(self.absent) + len(self.changed)
 
-    @property
-    def known_deletions(self) -> int:
-        """Deletions of users the state knows alive: what the safety valve weighs."""
-        return self.known_deleted
+    def count_deletion(self, ctx: CaptureContext, state: ScanRow | None) -> None:
+        """Weigh one deletion for the safety valve: a user the state has alive, or one it never
+        saw (unless this first pass records those as history). A user already deleted at the
+        source (held back at one destination) is not counted again."""
+        if state is None:
+            self.deletions += ctx.count_unknown_deletions
+        elif not state.gone:
+            self.deletions += 1
+        if ctx.valve_limit is not None and self.deletions > ctx.valve_limit:
+            raise TooManyDeletions(self.deletions)
+
+
+class TooManyDeletions(Exception):
+    """Raised by a capture as soon as the safety valve's limit is passed (before the scan ends,
+    so a truncated table costs no more memory than the limit)."""
+
+    def __init__(self, deletions: int) -> None:
+        super().__init__(deletions)
+        self.deletions = deletions
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +73,9 @@ class CaptureContext:
     source: Source
     state: StateStore
     mapping: Mapping
+    count_unknown_deletions: bool = True
+    valve_limit: float | None = None      # None: count every deletion (plan, --confirm)
+    beat: Callable[[], None] = _nothing   # called as work progresses (for the watchdog)
 
 
 class Capture(Protocol):
@@ -74,6 +96,7 @@ def sort_rows(ctx: CaptureContext, rows: Iterable[RawRow], out: Candidates,
     """Keep the rows whose hash differs from the state's (or that are pending), sorted into
     deletions and changes. ``seen`` holds user ids already taken, so a user is taken once."""
     for chunk in _batched(rows):
+        ctx.beat()
         valid: list[tuple[RawRow, str]] = []
         for row in chunk:
             try:
@@ -93,7 +116,7 @@ def sort_rows(ctx: CaptureContext, rows: Iterable[RawRow], out: Candidates,
                 continue
             if row.deleted:
                 out.deleted.append(row.key)
-                out.known_deleted += bool(st is not None and not st.gone)
+                out.count_deletion(ctx, st)
             else:
                 out.changed.append(row.key)
 
@@ -115,7 +138,7 @@ def sort_keys(ctx: CaptureContext, keys: Sequence[object], out: Candidates,
             if st is not None and st.gone and not st.dirty:
                 continue
             out.absent.append(key)
-            out.known_deleted += bool(st is not None and not st.gone)
+            out.count_deletion(ctx, st)
 
 
 def pending_keys(ctx: CaptureContext, limit: int = 100_000) -> list[object]:

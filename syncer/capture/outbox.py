@@ -179,10 +179,8 @@ def uninstall_sql(n: OutboxNames, q: Callable[[str], str]) -> list[str]:
 
 
 def _source_for(config: Config) -> Source:
-    from syncer.state.memory import MemoryStateStore
-
-    mapping = Mapping(config.mapping, MemoryStateStore().salt())
-    return Source(config.source, config.capture, mapping.columns, mapping.signature(),
+    mapping = Mapping(config.mapping, bytes(16))  # only its columns are needed here
+    return Source(config.source, config.capture, mapping.columns, 0,
                   engine=create_source_engine(config.source.url))
 
 

@@ -9,7 +9,7 @@ orderings (collations, padded keys) can cost a lookup but never a wrong deletion
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from syncer import normalize
@@ -26,16 +26,27 @@ def _next(it: Iterator[Any]) -> Any:
 
 
 def merge(source_rows: Iterator[RawRow], state_rows: Iterator[ScanRow], kind: KeyKind,
-          out: Candidates) -> list[ScanRow]:
+          out: Candidates, ctx: CaptureContext,
+          on_missing: Callable[[list[ScanRow]], None]) -> None:
     """Walk both ordered streams once. Fills ``out.changed``/``out.deleted``/``out.invalid``;
-    returns the known users that were not seen in the source (not yet confirmed)."""
+    hands known users not seen in the source to ``on_missing`` in chunks, to be confirmed."""
     missing: list[ScanRow] = []
     changed, deleted, invalid = out.changed, out.deleted, out.invalid
     by_int = kind is KeyKind.INT
     st: ScanRow | None = _next(state_rows)
     scanned = 0
+
+    def lost(row: ScanRow) -> None:
+        if not row.gone or row.dirty:
+            missing.append(row)
+            if len(missing) >= _VERIFY_CHUNK:
+                on_missing(missing[:])
+                missing.clear()
+
     for src in source_rows:
         scanned += 1
+        if not scanned % 50_000:
+            ctx.beat()
         key = src.key
         if by_int and type(key) is int:
             skey: Any = key
@@ -50,25 +61,26 @@ def merge(source_rows: Iterator[RawRow], state_rows: Iterator[ScanRow], kind: Ke
             tkey: Any = st.key_int if by_int else st.user_id
             if tkey is None or type(tkey) is not type(skey) or tkey >= skey:
                 break
-            if not st.gone or st.dirty:
-                missing.append(st)
+            lost(st)
             st = _next(state_rows)
-        if st is not None and (st.key_int if by_int else st.user_id) == skey:
-            if src.row_hash != st.row_hash or st.dirty or src.row_hash is None:
-                if src.deleted:
-                    deleted.append(key)
-                    out.known_deleted += not st.gone
-                else:
-                    changed.append(key)
+        matched = st if st is not None and (st.key_int if by_int else st.user_id) == skey \
+            else None
+        if matched is not None:
             st = _next(state_rows)
+            if src.row_hash == matched.row_hash and not matched.dirty \
+                    and src.row_hash is not None:
+                continue
+        if src.deleted:
+            deleted.append(key)
+            out.count_deletion(ctx, matched)
         else:
-            (deleted if src.deleted else changed).append(key)
+            changed.append(key)
     while st is not None:
-        if not st.gone or st.dirty:
-            missing.append(st)
+        lost(st)
         st = _next(state_rows)
+    if missing:
+        on_missing(missing)
     out.scanned = scanned
-    return missing
 
 
 class SnapshotCapture:
@@ -77,8 +89,8 @@ class SnapshotCapture:
     def collect(self, ctx: CaptureContext) -> Candidates:
         out = Candidates(reconcile=True)
         kind = ctx.source.key_kind()
-        missing = merge(ctx.source.hash_scan(), ctx.state.scan(kind), kind, out)
-        confirm_missing(ctx, missing, out)
+        merge(ctx.source.hash_scan(), ctx.state.scan(kind), kind, out, ctx,
+              lambda rows: confirm_missing(ctx, rows, out))
         out.position = {"scanned": out.scanned}
         return out
 
@@ -89,13 +101,11 @@ class SnapshotCapture:
 def confirm_missing(ctx: CaptureContext, missing: list[ScanRow], out: Candidates) -> None:
     """Look the missing users up by key: the ones really gone are deletions, the others (an
     ordering difference, or a row inserted during the scan) are read again as changes."""
-    for i in range(0, len(missing), _VERIFY_CHUNK):
-        part = missing[i:i + _VERIFY_CHUNK]
-        keys = [ctx.source.typed_key(r.user_id, r.source_key) for r in part]
-        found = {normalize.user_id(row.key) for row in ctx.source.read(keys)}
-        for row, key in zip(part, keys, strict=True):
-            if row.user_id in found:
-                out.changed.append(key)
-            else:
-                out.absent.append(key)
-                out.known_deleted += not row.gone
+    keys = [ctx.source.typed_key(r.user_id, r.source_key) for r in missing]
+    found = {normalize.user_id(row.key) for row in ctx.source.read(keys, values=False)}
+    for row, key in zip(missing, keys, strict=True):
+        if row.user_id in found:
+            out.changed.append(key)
+        else:
+            out.absent.append(key)
+            out.count_deletion(ctx, row)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import httpx
 
-from syncer.errors import DeliveryError, RateLimited, RetriableError
+from syncer.errors import DeliveryError, EndpointRefused, RateLimited, RetriableError
 from syncer.model import Endpoint, Op
 from syncer.retry import parse_retry_after
 from syncer.secret import scrub
@@ -64,6 +64,16 @@ def message_of(body: bytes, limit: int = 200) -> str:
         if parts:
             text = ": ".join(parts)
     return scrub(" ".join(text.split())[:limit]) or "(empty answer)"
+
+
+# Answers about the content of a request: split the batch, quarantine the users that cause it.
+CONTENT_ERRORS = frozenset({400, 413, 422})
+
+
+def refused(answer: Answer, who: str, check: str) -> EndpointRefused:
+    """Any other answer refuses the request whatever it holds (a redirect, 405, 415...)."""
+    return EndpointRefused(f"{who} answered {answer.status} ({message_of(answer.body)}): "
+                           f"check {check}; nothing is quarantined, everything stays pending")
 
 
 def transient(answer: Answer, now_epoch: float, who: str) -> DeliveryError | None:

@@ -6,7 +6,15 @@ from collections.abc import Sequence
 from typing import Final
 
 from syncer.config import BluxConfig
-from syncer.destinations import Answer, Request, encode, message_of, transient
+from syncer.destinations import (
+    CONTENT_ERRORS,
+    Answer,
+    Request,
+    encode,
+    message_of,
+    refused,
+    transient,
+)
 from syncer.errors import CredentialsRejected, DeliveryError, RejectedError
 from syncer.model import Endpoint, Op
 
@@ -29,7 +37,9 @@ def classify(answer: Answer, now_epoch: float) -> DeliveryError | None:
     found = transient(answer, now_epoch, WHO)
     if found is not None:
         return found
-    return RejectedError(f"Blux answered {answer.status}: {message_of(answer.body)}")
+    if answer.status in CONTENT_ERRORS:
+        return RejectedError(f"Blux answered {answer.status}: {message_of(answer.body)}")
+    return refused(answer, WHO, "[blux] base_url (https, no redirect)")
 
 
 class BluxUpdate:

@@ -7,7 +7,15 @@ from collections.abc import Sequence
 from typing import Final
 
 from syncer.config import NachocodeConfig
-from syncer.destinations import Answer, Request, encode, message_of, transient
+from syncer.destinations import (
+    CONTENT_ERRORS,
+    Answer,
+    Request,
+    encode,
+    message_of,
+    refused,
+    transient,
+)
 from syncer.errors import CredentialsRejected, DeliveryError, HeldBack, RejectedError
 from syncer.model import Endpoint, Op
 
@@ -47,7 +55,9 @@ def classify(answer: Answer, now_epoch: float) -> DeliveryError | None:
     found = transient(answer, now_epoch, WHO)
     if found is not None:
         return found
-    return RejectedError(f"nachocode answered {answer.status}: {message_of(answer.body)}")
+    if answer.status in CONTENT_ERRORS:
+        return RejectedError(f"nachocode answered {answer.status}: {message_of(answer.body)}")
+    return refused(answer, WHO, "[nachocode] base_url and method")
 
 
 class NachocodeWithdraw:

@@ -70,8 +70,9 @@ class StateCounts:
 
 
 class StateStore(Protocol):
-    def salt(self) -> bytes:
-        """A random per-installation key for fingerprints (created on first use)."""
+    def get_meta(self, name: str) -> str | None: ...
+
+    def set_meta(self, name: str, value: str) -> None: ...
 
     def known_users(self) -> int:
         """Users seen in the source and not (fully) deleted."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -26,14 +25,17 @@ class _User:
 
 
 class MemoryStateStore:
-    def __init__(self, salt: bytes | None = None) -> None:
-        self._salt = salt or secrets.token_bytes(16)
+    def __init__(self) -> None:
+        self.meta: dict[str, str] = {}
         self.users: dict[str, _User] = {}
         self.cursors: dict[str, str] = {}
         self.passes: list[PassRecord] = []
 
-    def salt(self) -> bytes:
-        return self._salt
+    def get_meta(self, name: str) -> str | None:
+        return self.meta.get(name)
+
+    def set_meta(self, name: str, value: str) -> None:
+        self.meta[name] = value
 
     def close(self) -> None:
         pass

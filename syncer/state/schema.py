@@ -28,7 +28,7 @@ meta = Table(
 
 users = Table(
     "syncer_users", metadata,
-    Column("user_id", String(255), primary_key=True),
+    Column("user_id", Text, primary_key=True),
     Column("key_int", BigInteger, nullable=True),
     Column("source_key", Text, nullable=True),
     Column("row_hash", BigInteger, nullable=True),
@@ -40,12 +40,12 @@ users = Table(
 Index("ix_syncer_users_key_int", users.c.key_int, users.c.user_id, users.c.row_hash,
       users.c.gone, users.c.dirty)
 Index("ix_syncer_users_dirty", users.c.dirty,
-      sqlite_where=text("dirty"), postgresql_where=text("dirty"))
+      sqlite_where=text("dirty = 1"), postgresql_where=text("dirty"))
 
 deliveries = Table(
     "syncer_deliveries", metadata,
     Column("destination", String(32), primary_key=True),
-    Column("user_id", String(255), primary_key=True),
+    Column("user_id", Text, primary_key=True),
     Column("fingerprint", LargeBinary(16), nullable=True),
     Column("field_tags", LargeBinary(256), nullable=True),
     Column("deleted", Boolean, nullable=False),
@@ -55,7 +55,7 @@ deliveries = Table(
 quarantine = Table(
     "syncer_quarantine", metadata,
     Column("destination", String(32), primary_key=True),
-    Column("user_id", String(255), primary_key=True),
+    Column("user_id", Text, primary_key=True),
     Column("fingerprint", LargeBinary(16), nullable=False),
     Column("reason", Text, nullable=False),
     Column("since", DateTime, nullable=False),
@@ -65,7 +65,7 @@ quarantine = Table(
 
 problems = Table(
     "syncer_problems", metadata,
-    Column("user_id", String(255), primary_key=True),
+    Column("user_id", Text, primary_key=True),
     Column("field", String(128), primary_key=True),
     Column("reason", Text, nullable=False),
     Column("since", DateTime, nullable=False),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,7 +125,6 @@ class SqlStateStore:
         self._dialect = engine.dialect.name
         if run_migrations:
             migrate(engine)
-        self._salt: bytes | None = None
 
     @classmethod
     def from_url(cls, url: str, *, run_migrations: bool = True) -> SqlStateStore:
@@ -162,19 +160,14 @@ class SqlStateStore:
 
     # -- meta
 
-    def salt(self) -> bytes:
-        if self._salt is None:
-            def get(conn: Connection) -> bytes:
-                found = conn.execute(select(t.meta.c.value).where(t.meta.c.key == "salt")).scalar()
-                if found is None:
-                    self._upsert(conn, t.meta, [{"key": "salt", "value": secrets.token_hex(16)}],
-                                 ["key"], {})
-                    found = conn.execute(
-                        select(t.meta.c.value).where(t.meta.c.key == "salt")).scalar_one()
-                return bytes.fromhex(found)
+    def get_meta(self, name: str) -> str | None:
+        value = self._run("meta", lambda c: c.execute(
+            select(t.meta.c.value).where(t.meta.c.key == name)).scalar())
+        return None if value is None else str(value)
 
-            self._salt = self._run("salt", get)
-        return self._salt
+    def set_meta(self, name: str, value: str) -> None:
+        self._run("meta", lambda c: self._upsert(c, t.meta, [{"key": name, "value": value}],
+                                                 ["key"]))
 
     # -- users
 
