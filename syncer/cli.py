@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 import structlog
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from syncer import __version__, commands, logs
@@ -159,6 +160,49 @@ def status(config: Config, limit: int) -> None:
     from syncer.report import status_report
 
     status_report(Console(), commands.status(config, limit=limit))
+
+
+def _requeued(result: commands.Requeued, what: str) -> None:
+    console = Console()
+    if result.sender is not None:
+        console.print(f"{result.users} users {what}; the running daemon "
+                      f"({escape(result.sender)}) sends them at its next pass")
+        sys.exit(EXIT_OK)
+    console.print(f"{result.users} users {what}; sending them now")
+    assert result.result is not None
+    from syncer.report import pass_summary
+
+    pass_summary(console, result.result)
+    sys.exit(result.result.exit_code)
+
+
+@main.command()
+@click.option("--user", "users", multiple=True, metavar="ID",
+              help="Only this user (repeat for more) [default: every quarantined user].")
+@common()
+def retry(config: Config, users: tuple[str, ...]) -> None:
+    """Send quarantined users again now (after fixing what the destination refused)."""
+    with progress_bar(Console(stderr=True)) as progress:
+        result = commands.retry(config, users or None, progress=progress)
+    _requeued(result, "taken out of quarantine")
+
+
+@main.command()
+@click.option("--user", "users", multiple=True, metavar="ID",
+              help="This user (repeat for more).")
+@click.option("--all", "everyone", is_flag=True, help="Every user (after a destination was "
+                                                     "wiped, say).")
+@click.option("--new-key", is_flag=True,
+              help="With --all: start a new fingerprint key (the old one is lost or leaked).")
+@common()
+def resync(config: Config, users: tuple[str, ...], everyone: bool, new_key: bool) -> None:
+    """Forget what was delivered so these users are sent again, under the same rate limits and
+    safety valve. Deletions already sent are not undone."""
+    if bool(users) == everyone:
+        raise click.UsageError("give --user ID (one or more) or --all")
+    with progress_bar(Console(stderr=True)) as progress:
+        result = commands.resync(config, users or None, new_key=new_key, progress=progress)
+    _requeued(result, "to be sent again")
 
 
 @main.command()

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import structlog
 
+from syncer import fingerprint_key
+from syncer import lock as sender_lock
 from syncer.config import Config
 from syncer.errors import ConfigError, SyncerError
 from syncer.pipeline import PassResult, Progress, Runtime, plan_pass, run_pass, utcnow
@@ -57,14 +61,84 @@ def _source_problems(config: Config) -> list[str]:
     return []
 
 
+@contextmanager
+def sending(config: Config, rt: Runtime) -> Iterator[None]:
+    """Hold the sender lock for a command that sends: never alongside a running daemon."""
+    held = sender_lock.for_config(config, rt.instance)
+    if not held.acquire():
+        who = held.holder() or "another instance"
+        raise SyncerError(f"{who} is sending for this state (`syncer run`); two senders on one "
+                          "state would both send. Stop it first, or let it do the work.")
+    try:
+        yield
+    finally:
+        held.release()
+
+
 def once(config: Config, *, reconcile: bool = False, confirm: bool = False,
          progress: Progress | None = None, stop: threading.Event | None = None,
          **runtime: object) -> PassResult:
     rt = open_runtime(config, **runtime)
     try:
-        return run_pass(rt, reconcile=reconcile, confirm=confirm, stop=stop, progress=progress)
+        with sending(config, rt):
+            return run_pass(rt, reconcile=reconcile, confirm=confirm, stop=stop,
+                            progress=progress)
     finally:
         rt.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    users: int
+    result: PassResult | None   # the pass that sent them, when no daemon was running
+    sender: str | None          # the daemon that will send them, when one was
+
+
+def _requeue(config: Config, mark: Callable[[Runtime], int], reconcile: bool,
+             progress: Progress | None, runtime: dict[str, object]) -> Requeued:
+    rt = open_runtime(config, **runtime)
+    try:
+        held = sender_lock.for_config(config, rt.instance)
+        if not held.acquire():
+            users = mark(rt)
+            return Requeued(users, None, held.holder() or "another instance")
+        try:
+            users = mark(rt)
+            return Requeued(users, run_pass(rt, reconcile=reconcile, progress=progress), None)
+        finally:
+            held.release()
+    finally:
+        rt.close()
+
+
+def retry(config: Config, user_ids: Sequence[str] | None = None, *,
+          progress: Progress | None = None, **runtime: object) -> Requeued:
+    """Send quarantined users again now (all, or these): the running daemon's next pass does,
+    or a pass run here when none is running."""
+    return _requeue(config, lambda rt: rt.state.requeue_quarantined(
+        list(user_ids) if user_ids else None), False, progress, runtime)
+
+
+def resync(config: Config, user_ids: Sequence[str] | None = None, *, new_key: bool = False,
+           progress: Progress | None = None, **runtime: object) -> Requeued:
+    """Forget what was delivered (to everyone, or these users) so they are sent again, under
+    the same limits and safety valve. ``new_key`` (with all users) starts a new fingerprint key,
+    for a lost or leaked one."""
+    if new_key and user_ids:
+        raise ConfigError("--new-key goes with --all: a new key makes every fingerprint unknown")
+    if new_key:
+        store = SqlStateStore.from_url(config.state.url)
+        try:
+            store.forget(None)
+            path = fingerprint_key.replace_key(config, store)
+            log.warning("state.new_key", key_file=str(path))
+        finally:
+            store.close()
+
+    def mark(rt: Runtime) -> int:
+        return rt.state.forget(list(user_ids) if user_ids else None)
+
+    return _requeue(config, mark, False, progress, runtime)
 
 
 def plan(config: Config, *, reconcile: bool = False, progress: Progress | None = None,
@@ -96,6 +170,8 @@ class StatusReport:
     position: dict[str, object] = field(default_factory=dict)
     last_success: dt.datetime | None = None
     oldest_pending: dt.datetime | None = None
+    sender: str | None = None                 # who holds the sender lock
+    pending_by_endpoint: dict[str, int] = field(default_factory=dict)
 
 
 def destination_health(config: Config, passes: list[PassRecord]) -> dict[str, str]:
@@ -121,6 +197,8 @@ def status(config: Config, *, limit: int = 10) -> StatusReport:
     store = SqlStateStore.from_url(config.state.url)
     try:
         passes = store.recent_passes(max(limit, 50))
+        _, oldest = store.pending()
+        last = next((p for p in passes if p.finished_at is not None), None)
         report = StatusReport(
             passes=passes[:limit],
             counts=store.counts(),
@@ -129,6 +207,10 @@ def status(config: Config, *, limit: int = 10) -> StatusReport:
             destinations=destination_health(config, passes),
             position=_position(config),
             last_success=next((p.finished_at for p in passes if p.outcome == "ok"), None),
+            oldest_pending=oldest,
+            sender=sender_lock.for_config(config, "status").holder(),
+            pending_by_endpoint={k.split(":", 1)[1]: v for k, v in
+                                 (last.counts.items() if last else ()) if k.startswith("pending:")},
         )
     finally:
         store.close()

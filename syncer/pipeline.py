@@ -115,6 +115,7 @@ class Runtime:
         self.last_credentials: dict[str, str] = {}
         self.pacers: dict[Endpoint, Pacer] = {}  # outlive passes: back-to-back passes stay paced
         self.last_beat = time.monotonic()
+        self.busy = 0  # database calls in progress
         self._known: tuple[int, float] | None = None
         self.source_seconds = 0.0  # time spent on source work (queries, fetches, hashing)
 
@@ -164,10 +165,21 @@ class Runtime:
             finally:
                 self.source_seconds += time.perf_counter() - started
 
-        return await asyncio.get_running_loop().run_in_executor(self._source_pool, timed)
+        return await self._busy(self._source_pool, timed)
 
     async def in_state(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._state_pool, fn, *args)
+        return await self._busy(self._state_pool, lambda: fn(*args))
+
+    async def _busy(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        """Database work in its thread. While it runs, only the work itself proves progress
+        (a hung query must stop the watchdog); the pass's ticker beats only between calls."""
+        self.busy += 1
+        self.beat()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn)
+        finally:
+            self.busy -= 1
+            self.beat()
 
     def timeouts(self) -> dict[Endpoint, float]:
         out: dict[Endpoint, float] = {}
@@ -237,6 +249,7 @@ class PassResult:
     seconds: float = 0.0
     plan: Plan | None = None
     more: bool = False  # the capture left work: run the next pass right away
+    position: dict[str, object] = field(default_factory=dict)  # where the capture stands
 
     @property
     def exit_code(self) -> int:
@@ -300,6 +313,7 @@ class _Pass:
                          Endpoint.NACHOCODE_WITHDRAW: "withdrawn"}[op.endpoint]] += 1
         elif outcome.status is Status.QUARANTINED:
             self.counts["quarantined"] += 1
+            self.counts[f"quarantined:{op.endpoint}"] += 1
         else:
             self.counts["pending"] += 1
             self.counts[f"pending:{op.endpoint}"] += 1
@@ -436,7 +450,7 @@ class _Pass:
                  **{k: v for k, v in counts.items() if ":" not in k})
         return PassResult(pass_id, self.kind, rt.config.capture.mode, outcome, counts,
                           credentials, held, message, seconds, self.plan if self.dry_run else None,
-                          self.more and outcome == "ok")
+                          self.more and outcome in ("ok", "partial"), dict(self.plan.position))
 
     def _counts(self) -> dict[str, int]:
         counts = {k: v for k, v in self.counts.items() if v}
@@ -526,6 +540,8 @@ class _Pass:
                 self.timed_out = True
                 log.warning("pass.time_limit", seconds=self.time_limit)
                 break
+            if not self.rt.busy:   # the event loop is alive and waits on the network or a timer
+                self.rt.beat()
             await asyncio.sleep(0.1)
         if self.deliverer is not None:
             self.deliverer.stop_accepting()

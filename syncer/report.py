@@ -113,6 +113,12 @@ def status_report(console: Console, report: StatusReport) -> None:
     c = report.counts
     console.print(f"known users {c.known}, deleted {c.gone}, pending {c.dirty}; "
                   f"last successful pass {_ago(report.last_success)}")
+    console.print("sender: " + escape(report.sender or "none running (no `syncer run` holds "
+                                                    "the sender lock)"))
+    if report.oldest_pending is not None:
+        by = ", ".join(f"{k} {v}" for k, v in sorted(report.pending_by_endpoint.items()))
+        console.print(f"lag: the oldest pending user has waited since "
+                      f"{_ago(report.oldest_pending)}" + (f" (last pass: {by})" if by else ""))
     health = Table("destination", "health", "users held", "deleted/withdrawn", "quarantined")
     for dest, state in report.destinations.items():
         held = str(c.delivered.get(dest, 0)) if dest == "blux" else "-"

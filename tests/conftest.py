@@ -42,7 +42,7 @@ def _quiet_logs() -> None:
 
 @pytest.fixture(scope="session")
 def pg_admin() -> Iterator[sa.Engine]:
-    engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
@@ -84,7 +84,7 @@ def pg_state_url(pg_admin: sa.Engine) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def mysql_admin() -> Iterator[sa.Engine]:
-    engine = sa.create_engine(MYSQL_ADMIN, isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(MYSQL_ADMIN, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))

@@ -141,9 +141,16 @@ def sort_keys(ctx: CaptureContext, keys: Sequence[object], out: Candidates,
             out.count_deletion(ctx, st)
 
 
-def pending_keys(ctx: CaptureContext, limit: int = 100_000) -> list[object]:
-    """Users a previous pass could not finish (their sends are still pending)."""
-    return [ctx.source.typed_key(r.user_id, r.source_key) for r in ctx.state.dirty_users(limit)]
+PENDING_BATCH = 100_000
+
+
+def pending_keys(ctx: CaptureContext, out: Candidates) -> list[object]:
+    """Users a previous pass could not finish (their sends are still pending, or an operator
+    asked for them again); a full batch means there are more for the next pass."""
+    rows = ctx.state.dirty_users(PENDING_BATCH)
+    if len(rows) >= PENDING_BATCH:
+        out.more = True
+    return [ctx.source.typed_key(r.user_id, r.source_key) for r in rows]
 
 
 def _uid(key: object) -> str | None:

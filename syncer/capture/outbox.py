@@ -298,10 +298,10 @@ class OutboxCapture:
         keys = [ctx.source.typed_key(k, k) for k in dict.fromkeys(r[1] for r in rows)]
         out = Candidates()
         seen: set[str] = set()
-        sort_keys(ctx, pending_keys(ctx), out, seen)
+        sort_keys(ctx, pending_keys(ctx, out), out, seen)
         sort_keys(ctx, keys, out, seen)
         out.scanned = len(rows)
-        out.more = len(rows) == BATCH
+        out.more = out.more or len(rows) == BATCH
         out.position = {"outbox_rows": len(rows), "distinct_users": len(keys)}
 
         def consume() -> None:

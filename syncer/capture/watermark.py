@@ -226,7 +226,7 @@ class WatermarkCapture:
         low, exclusive = cursor.low(self.lookback)
         out = Candidates()
         seen: set[str] = set()
-        sort_keys(ctx, pending_keys(ctx), out, seen)
+        sort_keys(ctx, pending_keys(ctx, out), out, seen)
         newest: list[object] = [cursor.value]
 
         def tracked() -> Any:

@@ -91,6 +91,9 @@ class StateStore(Protocol):
 
     def dirty_users(self, limit: int) -> list[ScanRow]: ...
 
+    def pending(self) -> tuple[int, dt.datetime | None]:
+        """How many users have sends still pending, and since when the oldest has waited."""
+
     def write(self, writes: Sequence[UserWrite], now: dt.datetime) -> None: ...
 
     def get_cursor(self, name: str) -> str | None: ...

@@ -77,6 +77,10 @@ class MemoryStateStore:
         return {uid: self._scan_row(uid, self.users[uid]) for uid in user_ids
                 if uid in self.users}
 
+    def pending(self) -> tuple[int, dt.datetime | None]:
+        times = [u.updated_at for u in self.users.values() if u.dirty]
+        return len(times), min(times, default=None)
+
     def dirty_users(self, limit: int) -> list[ScanRow]:
         dirty = sorted(((u.updated_at, uid) for uid, u in self.users.items() if u.dirty))
         return [self._scan_row(uid, self.users[uid]) for _, uid in dirty[:limit]]
@@ -185,6 +189,5 @@ class MemoryStateStore:
             count += len(alive)
             if not u.gone:
                 u.row_hash = None
-                if user_ids is not None:
-                    u.dirty = True
+                u.dirty = True
         return count

@@ -232,6 +232,12 @@ class SqlStateStore:
 
         return dict(self._run("peek", get))
 
+    def pending(self) -> tuple[int, dt.datetime | None]:
+        u = t.users.c
+        count, oldest = self._run("pending", lambda c: c.execute(
+            select(func.count(), func.min(u.updated_at)).where(u.dirty)).one())
+        return int(count), oldest
+
     def dirty_users(self, limit: int) -> list[ScanRow]:
         u = t.users.c
         query = select(u.user_id, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key) \
@@ -415,7 +421,8 @@ class SqlStateStore:
             alive = and_(~d.deleted)
             if user_ids is None:
                 n = conn.execute(delete(t.deliveries).where(alive)).rowcount
-                conn.execute(update(t.users).where(~t.users.c.gone).values(row_hash=None))
+                conn.execute(update(t.users).where(~t.users.c.gone)
+                             .values(row_hash=None, dirty=True))
                 return int(n)
             n = 0
             for part in _chunks(list(user_ids)):
