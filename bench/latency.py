@@ -58,8 +58,8 @@ def main() -> None:
                     conn.execute(sa.text("UPDATE users SET display_name = :n WHERE id = :i"),
                                  {"n": name, "i": uid})
                 committed = time.monotonic()
-                wait(lambda uid=uid, name=name: app.snapshot()["users"].get(str(uid), {})
-                     .get("custom_user_properties", {}).get("name") == name)
+                wait(lambda uid=uid, name=name: ((app.user(str(uid)) or {})
+                     .get("custom_user_properties") or {}).get("name") == name)
                 latencies.append(time.monotonic() - committed)
                 time.sleep(0.3)
         finally:

@@ -59,7 +59,6 @@ log = structlog.get_logger("syncer.pipeline")
 T = TypeVar("T")
 Progress = Callable[[str, int, int | None], None]
 
-_WRITE_BATCH: Final = 2000
 _SAMPLE: Final = 20
 
 
@@ -282,7 +281,8 @@ class _Pass:
         self.timed_out = False
         self.initial = False
         self.skip_history = False
-        self.handled: dict[str, object] = {}  # user id -> the source key it was read by
+        self.seen_keys: set[object] = set()   # source keys examined in this pass
+        self.seen_uids: set[str] = set()      # and their user ids (for keys that are not ints)
         self.reconcile = reconcile
         self.confirm = confirm
         self.dry_run = dry_run
@@ -290,6 +290,8 @@ class _Pass:
         self.progress = progress
         self.counts: Counter[str] = Counter()
         self.writes: list[UserWrite] = []
+        self._recorded = asyncio.Event()   # outcomes are waiting to be written
+        self._recording = True
         self.tracking: dict[str, _Work] = {}
         self.plan = Plan()
         self.deliverer: Deliverer | None = None
@@ -321,6 +323,7 @@ class _Pass:
             del self.tracking[op.user_id]
             self.writes.append(diff.settle(work.record, work.state, work.outcomes,
                                            work.key_int, work.source_key))
+            self._recorded.set()
 
     # -- reading and diffing (worker thread)
 
@@ -349,15 +352,19 @@ class _Pass:
             wanted = _uid(key)
             if wanted is not None and wanted not in records and wanted not in twice:
                 records[wanted] = UserRecord(wanted, key, None, deleted=True)
-        for uid in [u for u in records if u in self.handled]:
-            earlier = self.handled[uid]
-            if records[uid].source_key != earlier and not records[uid].deleted:
-                self._invalid_key(records[uid].source_key,
-                                  "another row already gave this user id in this pass (keys "
-                                  "that differ only by surrounding spaces?); only that one was "
-                                  "sent")
-            del records[uid]
-        self.handled.update((uid, r.source_key) for uid, r in records.items())
+        for uid, record in list(records.items()):
+            if record.source_key in self.seen_keys:      # the same key named twice: once
+                del records[uid]
+            elif self.key_kind is not KeyKind.INT and uid in self.seen_uids:
+                if not record.deleted:
+                    self._invalid_key(record.source_key,
+                                      "another row already gave this user id in this pass (keys "
+                                      "that differ only by surrounding spaces?); only that one "
+                                      "was sent")
+                del records[uid]
+        self.seen_keys.update(r.source_key for r in records.values())
+        if self.key_kind is not KeyKind.INT:   # distinct integers cannot share a user id
+            self.seen_uids.update(records)
         states = rt.state.lookup(list(records))
         out: list[_Work] = []
         for uid, record in records.items():
@@ -502,6 +509,7 @@ class _Pass:
             ) as deliverer:
                 self.deliverer = deliverer
                 watcher = asyncio.create_task(self._watch_stop())
+                recorder = asyncio.create_task(self._record())
                 try:
                     deliverer.feeding = True
                     try:
@@ -511,6 +519,9 @@ class _Pass:
                     await deliverer.drain()
                 finally:
                     watcher.cancel()
+                    self._recording = False   # never cancelled: a queued write must not be lost
+                    self._recorded.set()
+                    await asyncio.gather(recorder, return_exceptions=True)
         finally:
             await self._flush()  # what was delivered is recorded, even when the pass fails
             if found.total:
@@ -564,9 +575,18 @@ class _Pass:
                 self.deliverer.submit(work.ops)
             done += len(keys)
             self._progress("deliver", done, found.total)
-            if len(self.writes) >= _WRITE_BATCH:
-                await self._flush()
+            self._recorded.set()
             await self.deliverer.wait_below(2 * size)
+
+    async def _record(self) -> None:
+        """Write outcomes to the state as they arrive (one transaction per burst), so that a
+        crash can only re-send what was in flight, not what was delivered a while ago."""
+        while True:
+            await self._recorded.wait()
+            self._recorded.clear()
+            await self._flush()
+            if not self._recording:
+                return
 
     async def _flush(self) -> None:
         if self.writes:

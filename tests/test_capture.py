@@ -365,3 +365,29 @@ def test_idle_watermark_passes_stop_rereading_a_bulk_update(db: str, tmp_path: P
     assert idle.counts.get("scanned", 0) == 0
     touch(db, "id = 7", "name = 'after'")
     assert once(config, sandbox_app).counts["updated"] == 1
+
+
+@pytest.mark.parametrize("server", ["postgresql", "mariadb"])
+def test_reconcile_compares_key_ranges_and_reads_only_the_changed_ones(
+        server: str, request: pytest.FixtureRequest, tmp_path: Path, sandbox_app: SandboxApp,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from syncer.capture import snapshot
+
+    monkeypatch.setattr(snapshot, "BLOCK", 100)
+    db = str(request.getfixturevalue("pg_url" if server == "postgresql" else "mysql_url"))
+    create_table(db)
+    add_users(db, range(1, 2001))
+    config = config_for(db, tmp_path, "snapshot")
+    assert once(config, sandbox_app).counts["updated"] == 2000
+    idle = once(config, sandbox_app)
+    assert idle.counts.get("candidates", 0) == 0 and idle.counts["scanned"] == 2000
+    assert idle.position["ranges_read_row_by_row"] == 0
+    touch(db, "id IN (5, 1500)", "name = 'changed'")
+    touch(db, "id = 700", "touched = 'unmapped'")          # no range differs for this
+    execute(db, "DELETE FROM users WHERE id = 1234")
+    add_users(db, range(5000, 5003))                        # beyond the last known key
+    changed = once(config, sandbox_app)
+    assert changed.counts["updated"] == 2 + 3 and changed.counts["deleted"] == 1
+    assert changed.position["ranges_read_row_by_row"] == 4   # 1..100, 1401.., 1201.., last
+    assert_mirror_matches(sandbox_app, db)
+    assert requests(once(config, sandbox_app)) == {}

@@ -108,10 +108,13 @@ key_file = "{tmp_path / 'fingerprint.key'}"
 
 [mapping.user_properties]
 phone_number = "phone"
+email_address = "email"
 marketing_notification_consent = "marketing"
+marketing_notification_sms_consent = "sms"
 
 [mapping.custom_user_properties]
 name = "name"
+points = "points"
 
 [blux]
 base_url = "{server.blux_base_url}"

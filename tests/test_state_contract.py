@@ -149,3 +149,26 @@ def test_operator_retry_and_resync(store: StateStore) -> None:
     # tombstones are kept: a resync never re-creates a deleted user
     assert store.forget(None) == 0
     assert store.lookup(["3"])["3"].deliveries["blux"].deleted
+
+
+def test_key_ranges_and_their_sums(store: StateStore) -> None:
+    keys = list(range(10, 110, 2))        # 50 users: 10, 12, ..., 108
+    writes = [w(str(k), key_int=k, row_hash=k * 7919 - 2**62) for k in keys]
+    writes[3] = w(str(keys[3]), key_int=keys[3], row_hash=None, dirty=True)   # pending
+    writes[4] = w(str(keys[4]), key_int=keys[4], row_hash=None, gone=True)    # hard-deleted
+    store.write(writes, T0)
+    bounds = store.boundaries(20)
+    assert bounds == [10, 50, 90]
+    sums = store.block_sums(bounds)
+    assert 0 not in sums            # nothing below the first key
+    n, lo, hi, look = sums[1]       # [10, 50): 20 users, one pending, one gone
+    assert (n, look) == (18, 1)
+    expected = [k * 7919 - 2**62 for k in keys[:20] if k not in (keys[3], keys[4])]
+    assert lo == sum(h & 0xFFFFFFFF for h in expected)
+    assert hi == sum((h >> 32) & 0xFFFFFFFF for h in expected)
+    assert sums[3][0] == 10 and sums[3][3] == 0    # [90, ...)
+    assert [r.key_int for r in store.scan_range(50, 60)] == [50, 52, 54, 56, 58]
+    assert [r.key_int for r in store.scan_range(None, 14)] == [10, 12]
+    assert store.unkeyed_users() == 0
+    store.write([w("text-key")], T0)
+    assert store.unkeyed_users() == 1

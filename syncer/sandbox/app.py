@@ -293,6 +293,7 @@ class SandboxApp:
         self._rng_seed = self.faults.seed
         self._rng = random.Random(self._rng_seed)
         self._users: dict[str, _UserUpdate] = {}
+        self._applied: Counter[str] = Counter()   # user id -> updates applied
         self._deleted: set[str] = set()
         self._withdrawn: set[str] = set()
         self._stats: dict[str, _EndpointStats] = {}
@@ -300,6 +301,7 @@ class SandboxApp:
 
     def _clear(self) -> None:
         self._users = {}
+        self._applied = Counter()
         self._deleted = set()
         self._withdrawn = set()
         self._stats = {name: _EndpointStats(self.config.window_seconds) for name in ENDPOINTS}
@@ -312,6 +314,20 @@ class SandboxApp:
     def snapshot(self) -> dict[str, object]:
         with self._lock:
             return self._snapshot()
+
+    def ever_updated(self) -> set[str]:
+        """Every user id an update was ever applied to (whatever happened to it since)."""
+        with self._lock:
+            return set(self._applied)
+
+    def user(self, user_id: str) -> dict[str, object] | None:
+        """One user of the Blux mirror (cheap, unlike ``snapshot`` on a large mirror)."""
+        with self._lock:
+            u = self._users.get(user_id)
+            if u is None:
+                return None
+            return {"user_properties": copy.deepcopy(u.user_properties),
+                    "custom_user_properties": copy.deepcopy(u.custom_user_properties)}
 
     def _snapshot(self) -> dict[str, object]:
         stats = self._stats
@@ -333,6 +349,11 @@ class SandboxApp:
                 for name, s in stats.items()
             },
             "max_requests_in_window": {name: s.max_in_window for name, s in stats.items()},
+            "updates_applied": {
+                "total": sum(self._applied.values()),
+                "users": len(self._applied),
+                "users_more_than_once": sum(1 for n in self._applied.values() if n > 1),
+            },
             "first_request_at": {name: s.first_at for name, s in stats.items()},
             "last_request_at": {name: s.last_at for name, s in stats.items()},
             "rates": {name: self.config.rate_for(name) for name in ENDPOINTS},
@@ -457,6 +478,7 @@ class SandboxApp:
         if endpoint == BLUX_UPDATE:
             for update in updates:
                 self._apply_update(update)
+                self._applied[update.user_id] += 1
         else:
             for uid in ids:
                 self._users.pop(uid, None)

@@ -84,6 +84,20 @@ class StateStore(Protocol):
         """Every known user in the merge order for ``kind``: by key_int for integer keys (users
         without one last), else by user_id in binary (code point) order."""
 
+    def scan_range(self, low: int | None, high: int | None) -> Iterator[ScanRow]:
+        """Known users with an integer key in [low, high) (None: unbounded), by key."""
+
+    def boundaries(self, every: int) -> list[int]:
+        """Every ``every``-th integer key, in order: the edges of the reconcile's key ranges."""
+
+    def block_sums(self, bounds: Sequence[int]) -> dict[int, tuple[int, int, int, int]]:
+        """Per key range (as :meth:`syncer.source.Source.block_sums`): settled users (a row hash
+        recorded, nothing pending) counted and their hashes summed the same way, and how many
+        users there need a look (pending, or never settled)."""
+
+    def unkeyed_users(self) -> int:
+        """Known users without an integer key (they need the row-by-row merge)."""
+
     def lookup(self, user_ids: Sequence[str]) -> dict[str, UserState]: ...
 
     def peek(self, user_ids: Sequence[str]) -> dict[str, ScanRow]:

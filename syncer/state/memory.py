@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -55,6 +56,33 @@ class MemoryStateStore:
             yield from with_int + rest
         else:
             yield from sorted(rows, key=lambda r: r.user_id)
+
+    def scan_range(self, low: int | None, high: int | None) -> Iterator[ScanRow]:
+        rows = [self._scan_row(uid, u) for uid, u in self.users.items()
+                if u.key_int is not None and (low is None or u.key_int >= low)
+                and (high is None or u.key_int < high)]
+        return iter(sorted(rows, key=lambda r: r.key_int or 0))
+
+    def boundaries(self, every: int) -> list[int]:
+        keys = sorted(u.key_int for u in self.users.values() if u.key_int is not None)
+        return keys[::every]
+
+    def block_sums(self, bounds: Sequence[int]) -> dict[int, tuple[int, int, int, int]]:
+        out: dict[int, list[int]] = {}
+        for u in self.users.values():
+            if u.key_int is None:
+                continue
+            entry = out.setdefault(bisect.bisect_right(bounds, u.key_int), [0, 0, 0, 0])
+            if u.row_hash is not None and not u.dirty:
+                entry[0] += 1
+                entry[1] += u.row_hash & 0xFFFFFFFF
+                entry[2] += (u.row_hash >> 32) & 0xFFFFFFFF
+            if u.dirty or (u.row_hash is None and not u.gone):
+                entry[3] += 1
+        return {b: (n, lo, hi, look) for b, (n, lo, hi, look) in out.items() if n or look}
+
+    def unkeyed_users(self) -> int:
+        return sum(1 for u in self.users.values() if u.key_int is None and not u.gone)
 
     @staticmethod
     def _scan_row(uid: str, u: _User) -> ScanRow:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     tuple_,
     update,
 )
@@ -196,6 +197,53 @@ class SqlStateStore:
                         yield ScanRow(row[0], row[1], row[2], bool(row[3]), bool(row[4]), row[5])
         except SQLAlchemyError as exc:
             raise StateError(f"state database (scan): {_brief(exc)}") from exc
+
+    def scan_range(self, low: int | None, high: int | None) -> Iterator[ScanRow]:
+        u = t.users.c
+        query = select(u.user_id, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key) \
+            .where(u.key_int.is_not(None)).order_by(u.key_int)
+        if low is not None:
+            query = query.where(u.key_int >= low)
+        if high is not None:
+            query = query.where(u.key_int < high)
+        rows = self._run("scan", lambda c: c.execute(query).all())
+        return iter([ScanRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5]) for r in rows])
+
+    def boundaries(self, every: int) -> list[int]:
+        sql = text("SELECT key_int FROM (SELECT key_int, row_number() OVER (ORDER BY key_int) "
+                   "AS rn FROM syncer_users WHERE key_int IS NOT NULL) AS numbered "
+                   "WHERE rn % :every = 1 ORDER BY key_int")
+        return [int(r[0]) for r in self._run("boundaries", lambda c: c.execute(
+            sql, {"every": every}).all())]
+
+    def block_sums(self, bounds: Sequence[int]) -> dict[int, tuple[int, int, int, int]]:
+        settled = "(row_hash IS NOT NULL AND NOT dirty)"
+        head = ("SELECT "
+                f"SUM(CASE WHEN {settled} THEN 1 ELSE 0 END), "
+                f"SUM(CASE WHEN {settled} THEN row_hash & 4294967295 ELSE 0 END), "
+                f"SUM(CASE WHEN {settled} THEN (row_hash >> 32) & 4294967295 ELSE 0 END), "
+                "SUM(CASE WHEN dirty OR (row_hash IS NULL AND NOT gone) THEN 1 ELSE 0 END) "
+                "FROM syncer_users WHERE key_int IS NOT NULL")
+        edges: list[int | None] = [None, *bounds, None]
+
+        def get(conn: Connection) -> dict[int, tuple[int, int, int, int]]:
+            out: dict[int, tuple[int, int, int, int]] = {}
+            for i in range(len(edges) - 1):
+                low, high = edges[i], edges[i + 1]
+                where = ((f" AND key_int >= {int(low)}" if low is not None else "")
+                         + (f" AND key_int < {int(high)}" if high is not None else ""))
+                n, lo, hi, look = conn.execute(text(head + where)).one()
+                if n or look:
+                    out[i] = (int(n or 0), int(lo or 0), int(hi or 0), int(look or 0))
+            return out
+
+        return dict(self._run("blocks", get))
+
+    def unkeyed_users(self) -> int:
+        u = t.users.c
+        return int(self._run("count", lambda c: c.execute(
+            select(func.count()).select_from(t.users)
+            .where(u.key_int.is_(None), ~u.gone)).scalar_one()))
 
     def lookup(self, user_ids: Sequence[str]) -> dict[str, UserState]:
         def get(conn: Connection) -> dict[str, UserState]:
