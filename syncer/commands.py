@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -94,29 +94,39 @@ class Requeued:
     sender: str | None          # the daemon that will send them, when one was
 
 
-def _requeue(config: Config, mark: Callable[[Runtime], int], reconcile: bool,
+def _requeue(config: Config, kind: str, user_ids: Sequence[str] | None,
              progress: Progress | None, runtime: dict[str, object]) -> Requeued:
+    """Apply an operator request: here and now when no daemon is sending (then a pass sends
+    the users), else as a request the running sender applies at its next pass (marking users
+    beside a pass in flight could be undone by that pass's own writes)."""
     rt = open_runtime(config, **runtime)
     try:
         held = sender_lock.for_config(config, rt.instance)
         if not held.acquire():
-            users = mark(rt)
+            count = rt.state.request(kind, list(user_ids) if user_ids else None)
+            users = count if user_ids else rt.state.counts().known
             return Requeued(users, None, held.holder() or "another instance")
         try:
-            users = mark(rt)
-            return Requeued(users, run_pass(rt, reconcile=reconcile, progress=progress), None)
+            users = apply_request(rt, kind, list(user_ids) if user_ids else None)
+            return Requeued(users, run_pass(rt, progress=progress), None)
         finally:
             held.release()
     finally:
         rt.close()
 
 
+def apply_request(rt: Runtime, kind: str, user_ids: list[str] | None) -> int:
+    """Mark users to be sent again (only ever called by the instance holding the lock)."""
+    if kind == "retry":
+        return rt.state.requeue_quarantined(user_ids)
+    return rt.state.forget(user_ids)
+
+
 def retry(config: Config, user_ids: Sequence[str] | None = None, *,
           progress: Progress | None = None, **runtime: object) -> Requeued:
     """Send quarantined users again now (all, or these): the running daemon's next pass does,
     or a pass run here when none is running."""
-    return _requeue(config, lambda rt: rt.state.requeue_quarantined(
-        list(user_ids) if user_ids else None), False, progress, runtime)
+    return _requeue(config, "retry", user_ids, progress, runtime)
 
 
 def resync(config: Config, user_ids: Sequence[str] | None = None, *, new_key: bool = False,
@@ -127,6 +137,10 @@ def resync(config: Config, user_ids: Sequence[str] | None = None, *, new_key: bo
     if new_key and user_ids:
         raise ConfigError("--new-key goes with --all: a new key makes every fingerprint unknown")
     if new_key:
+        lock = sender_lock.for_config(config, "resync --new-key")
+        if not lock.acquire():
+            raise SyncerError(f"{lock.holder() or 'another instance'} is sending with the "
+                              "current key: stop it before replacing the key")
         store = SqlStateStore.from_url(config.state.url)
         try:
             store.forget(None)
@@ -134,11 +148,8 @@ def resync(config: Config, user_ids: Sequence[str] | None = None, *, new_key: bo
             log.warning("state.new_key", key_file=str(path))
         finally:
             store.close()
-
-    def mark(rt: Runtime) -> int:
-        return rt.state.forget(list(user_ids) if user_ids else None)
-
-    return _requeue(config, mark, False, progress, runtime)
+            lock.release()
+    return _requeue(config, "resync", user_ids, progress, runtime)
 
 
 def plan(config: Config, *, reconcile: bool = False, progress: Progress | None = None,

@@ -35,6 +35,7 @@ from syncer.errors import ConfigError, SyncerError
 from syncer.metrics import Metrics, serve
 from syncer.pipeline import PassResult, Runtime, run_pass
 from syncer.sdnotify import Notifier
+from syncer.source import STATEMENT_TIMEOUT_SECONDS
 
 log = structlog.get_logger("syncer.daemon")
 
@@ -67,6 +68,8 @@ class Daemon:
         self.leading_since: float | None = None
         self.last_completed: float | None = None
         self.failing: dict[str, tuple[float, str]] = {}  # endpoint -> (since, why)
+        # how long one database call may run before the pass counts as stuck
+        self.query_allowance = STATEMENT_TIMEOUT_SECONDS + 60.0
         if runtime is not None:
             runtime.observer = self.metrics
 
@@ -223,8 +226,9 @@ class Daemon:
             reasons.append(self.problem)
         result = self.last_result
         if self.role == "leader" and result is not None:
-            details["last_pass"] = {"outcome": result.outcome, "kind": result.kind,
-                                    "seconds_ago": round(now - (self.last_completed or now))}
+            details["last_pass"] = {"outcome": result.outcome, "kind": result.kind}
+            if self.last_completed is not None:
+                details["last_pass"]["completed_seconds_ago"] = round(now - self.last_completed)
             reasons += [f"{dest} refuses the credentials: {why}"
                         for dest, why in result.credentials.items()]
         if self.role == "leader":
@@ -245,11 +249,16 @@ class Daemon:
 
     def progressing(self) -> bool:
         """Whether work is really moving: outside a pass, or a pass that made progress lately
-        (a stuck pass must stop the watchdog pings)."""
-        if not self.in_pass or self.rt is None:
+        (a stuck pass must stop the watchdog pings). A database call may take as long as the
+        statement timeout allows before it counts as stuck: a reconcile of a big table is one
+        long query, and the database itself ends a query that runs longer."""
+        rt = self.rt
+        if not self.in_pass or rt is None:
             return True
-        limit = (self.notifier.watchdog_seconds or 120.0) / 2
-        return time.monotonic() - self.rt.last_beat < limit
+        now = time.monotonic()
+        if now - rt.last_beat < (self.notifier.watchdog_seconds or 120.0) / 2:
+            return True
+        return bool(rt.busy) and now - rt.busy_since < self.query_allowance
 
     # ------------------------------------------------------------------ the process
 
@@ -274,6 +283,8 @@ class Daemon:
                 self.problem = f"waiting for the databases: {exc}"
                 log.warning("daemon.waiting", error=str(exc), retry_in=backoff)
                 self.notifier.status(self.problem[:200])
+                # still starting, on purpose: systemd's start timeout must not kill the wait
+                self.notifier.send(f"EXTEND_TIMEOUT_USEC={int((backoff + 30) * 1_000_000)}")
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
         return False
@@ -314,6 +325,8 @@ class Daemon:
                 else:
                     self.holder = self.lock.holder()
                     self.role = "standby"
+                    self.problem = (f"cannot reach the state for the sender lock: "
+                                    f"{self.lock.error}" if self.lock.error else None)
                     if not announced:
                         log.info("daemon.standby", sender=self.holder)
                         self.notifier.status(f"standby: {self.holder or 'another instance'} "

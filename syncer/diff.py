@@ -116,6 +116,15 @@ def settle(record: UserRecord, state: UserState | None, outcomes: Sequence[Outco
         for dest, held in state.quarantine.items():
             if held.fingerprint != DELETION_FINGERPRINT and dest not in quarantine_clear:
                 quarantine_clear.append(dest)
+    if record.deleted:
+        # A quarantined deletion has no data that could change: the user stays "to look at",
+        # so reconcile passes (which retry deletions) find it.
+        still: dict[str, bytes] = {q.destination: q.fingerprint for q in quarantine_set}
+        if state:
+            for dest, kept in state.quarantine.items():
+                if dest not in quarantine_clear and dest not in deliveries:
+                    still.setdefault(dest, kept.fingerprint)
+        dirty = dirty or DELETION_FINGERPRINT in still.values()
     row_hash = record.row_hash if not dirty else (state.row_hash if state else None)
     return UserWrite(
         user_id=record.user_id,

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from syncer.config import Config
 from syncer.errors import ConfigError
 from syncer.state import StateStore
+from syncer.state.sql import sqlite_path
 
 CHECK: Final = "key_check"
 FILE_NAME: Final = "fingerprint.key"
@@ -31,10 +32,8 @@ def default_path(config: Config) -> Path | None:
         return Path(config.state.key_file)
     url = make_url(config.state.url)
     if url.get_backend_name() == "sqlite":
-        database = url.database or ""
-        if not database or database == ":memory:" or database.startswith("file:"):
-            return None
-        return Path(database).expanduser().resolve().parent / FILE_NAME
+        path = sqlite_path(config.state.url)
+        return None if path is None else path.parent / FILE_NAME
     state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     return Path(state_dir) / FILE_NAME if state_dir else None
 

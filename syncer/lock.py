@@ -25,6 +25,8 @@ CLASS_ID = 0x53594E43
 
 
 class SenderLock(Protocol):
+    error: str | None   # why the last acquire could not even ask (the state is unreachable)
+
     def acquire(self) -> bool:
         """Take the lock if it is free; True when this process holds it."""
 
@@ -42,11 +44,17 @@ class FileLock:
         self.path = path
         self.instance = instance
         self._fd: int | None = None
+        self.error: str | None = None
 
     def acquire(self) -> bool:
         if self._fd is not None:
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            self.error = f"cannot open {self.path} ({exc.strerror})"
+            return False
+        self.error = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -90,11 +98,17 @@ class PostgresLock:
         self.conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
         self.instance = instance
         self._conn: Any = None
+        self.error: str | None = None
 
     def _connect(self) -> Any:
         import psycopg
 
+        # A half-open connection must be noticed in seconds, not TCP's fifteen minutes: the
+        # lock lives and dies with this connection.
         return psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10,
+                               keepalives=1, keepalives_idle=10, keepalives_interval=5,
+                               keepalives_count=3, tcp_user_timeout=20_000,
+                               options="-c statement_timeout=10000",
                                application_name=f"syncer-lock {self.instance}"[:63])
 
     _KEY = ("hashtext('syncer:' || current_database() || ':' || current_schema())")
@@ -109,8 +123,10 @@ class PostgresLock:
             conn = self._connect()
             got = conn.execute(f"SELECT pg_try_advisory_lock({CLASS_ID}, {self._KEY})").fetchone()
         except psycopg.Error as exc:
-            log.warning("lock.unavailable", error=str(exc).splitlines()[0][:200])
+            self.error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            log.warning("lock.unavailable", error=self.error)
             return False
+        self.error = None
         if got and got[0]:
             self._conn = conn
             return True
@@ -118,13 +134,21 @@ class PostgresLock:
         return False
 
     def holds(self) -> bool:
+        """The lock is held by *this* session (not only: the connection answers; through a
+        transaction-mode pooler the session could be someone else's)."""
         import psycopg
 
         if self._conn is None:
             return False
         try:
-            self._conn.execute("SELECT 1").fetchone()
+            row = self._conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                f"AND pid = pg_backend_pid() AND classid = {CLASS_ID} "
+                f"AND objid = ({self._KEY})::oid").fetchone()
         except psycopg.Error:
+            self._drop()
+            return False
+        if not row or not row[0]:
             self._drop()
             return False
         return True
@@ -162,7 +186,9 @@ def for_config(config: Config, instance: str) -> SenderLock:
     url = make_url(config.state.url)
     if url.get_backend_name() == "postgresql":
         return PostgresLock(config.state.url, instance)
-    database = url.database or ""
-    if not database or database == ":memory:":
+    from syncer.state.sql import sqlite_path
+
+    path = sqlite_path(config.state.url)
+    if path is None:   # an in-memory state belongs to one process: nothing to share
         return FileLock(Path(f"/tmp/syncer-{os.getuid()}-memory.lock"), instance)  # noqa: S108
-    return FileLock(Path(database).expanduser().resolve().with_suffix(".lock"), instance)
+    return FileLock(path.with_name(path.name + ".lock"), instance)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from syncer import normalize
@@ -56,11 +56,13 @@ class Mapping:
         )
         self._layout = hashlib.blake2b(_canonical(self.fields), digest_size=2).digest()
 
-    def row_hash_seed(self) -> int:
-        """A 63-bit secret naming this key, mapping and normalisation: seeds the database row
-        hashes, so they change when any of those does, and cannot be tested without the key."""
-        digest = hashlib.blake2b(_canonical([NORMALISATION_VERSION, self._config]),
-                                 key=self._salt, digest_size=8).digest()
+    def row_hash_seed(self, destinations: Iterable[str] = ()) -> int:
+        """A 63-bit secret naming this key, mapping, normalisation and set of destinations:
+        seeds the database row hashes, so they change when any of those does (a destination
+        added later sees every row once), and cannot be tested without the key."""
+        digest = hashlib.blake2b(
+            _canonical([NORMALISATION_VERSION, self._config, sorted(destinations)]),
+            key=self._salt, digest_size=8).digest()
         return int.from_bytes(digest, "big") >> 1
 
     def record(self, row: RawRow) -> UserRecord:

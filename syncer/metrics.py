@@ -59,7 +59,8 @@ class Metrics:
         self.pending_users = Gauge("syncer_pending_users",
                                    "Users with a send still pending.", registry=r)
         self.last_success = Gauge("syncer_last_success_timestamp_seconds",
-                                  "When the last successful pass ended (Unix time).", registry=r)
+                                  "When the last pass that left nothing pending ended (Unix "
+                                  "time).", registry=r)
         self.watermark = Gauge("syncer_watermark_timestamp_seconds",
                                "The watermark capture's position (Unix time).", registry=r)
         self.horizon_held = Gauge("syncer_horizon_held_seconds",
@@ -100,7 +101,9 @@ class Metrics:
         for destination in destinations:
             self.destination_up.labels(destination).set(
                 0 if destination in result.credentials else 1)
-        if result.outcome == "ok":
+        if result.outcome == "ok" or (result.outcome == "partial"
+                                      and not result.counts.get("pending")):
+            # nothing left to send (a quarantined user or a bad key is reported on its own)
             self.last_success.set(dt.datetime.now(dt.UTC).timestamp())
         position = result.position
         held = position.get("held_by_open_transaction")

@@ -24,7 +24,13 @@ import httpx
 import structlog
 
 from syncer import __version__, diff, fingerprint_key, normalize
-from syncer.capture import Candidates, Capture, CaptureContext, TooManyDeletions
+from syncer.capture import (
+    Candidates,
+    Capture,
+    CaptureContext,
+    CaptureStopped,
+    TooManyDeletions,
+)
 from syncer.capture.outbox import OutboxCapture
 from syncer.capture.snapshot import SnapshotCapture
 from syncer.capture.watermark import WatermarkCapture
@@ -95,11 +101,11 @@ class Runtime:
             self.state.close()
             raise
         self.mapping = Mapping(config.mapping, key)
-        self.source = source or Source(config.source, config.capture, self.mapping.columns,
-                                       self.mapping.row_hash_seed(),
-                                       owners=config.column_owners())
         self.senders = build_senders(config)
         self.destinations = frozenset(s.endpoint.destination for s in self.senders)
+        self.row_hash_seed = self.mapping.row_hash_seed(self.destinations)
+        self.source = source or Source(config.source, config.capture, self.mapping.columns,
+                                       self.row_hash_seed, owners=config.column_owners())
         self.transport = transport
         self.sleep = sleep
         self.clock = clock
@@ -115,6 +121,7 @@ class Runtime:
         self.pacers: dict[Endpoint, Pacer] = {}  # outlive passes: back-to-back passes stay paced
         self.last_beat = time.monotonic()
         self.busy = 0  # database calls in progress
+        self.busy_since = 0.0  # when the oldest of them started
         self._known: tuple[int, float] | None = None
         self.source_seconds = 0.0  # time spent on source work (queries, fetches, hashing)
 
@@ -173,6 +180,8 @@ class Runtime:
         """Database work in its thread. While it runs, only the work itself proves progress
         (a hung query must stop the watchdog); the pass's ticker beats only between calls."""
         self.busy += 1
+        if self.busy == 1:
+            self.busy_since = time.monotonic()
         self.beat()
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn)
@@ -378,7 +387,8 @@ class _Pass:
                                       retry_deletions=self.kind == "reconcile")
                 self._note_cleared_consents(ops)
             key = record.source_key
-            key_int = key if self.key_kind is KeyKind.INT and type(key) is int else None
+            key_int = key if (self.key_kind is KeyKind.INT and type(key) is int
+                              and -(2**63) <= key < 2**63) else None
             text = key if isinstance(key, str) else None
             out.append(_Work(record, state, key_int, text if text != uid else None, ops))
             if record.problems:
@@ -388,6 +398,21 @@ class _Pass:
                     log.debug("mapping.field_problem", user_id=uid, field=problem.field,
                               reason=problem.reason)
         return out
+
+    async def _apply_requests(self) -> None:
+        """What `syncer retry`/`resync` asked while this instance was sending."""
+        rt = self.rt
+        requests = await rt.in_state(rt.state.take_requests)
+        for kind in ("retry", "resync"):
+            ids = [uid for k, uid in requests if k == kind]
+            if not ids:
+                continue
+            everyone = None in ids
+            users = await rt.in_state(rt.state.requeue_quarantined if kind == "retry"
+                                      else rt.state.forget,
+                                      None if everyone else [u for u in ids if u is not None])
+            log.info("pass.operator_request", kind=kind, users=users,
+                     scope="all" if everyone else "some")
 
     def _note_cleared_consents(self, ops: list[Op]) -> None:
         """A consent that Blux had and the source no longer gives (NULL or unreadable) cannot be
@@ -473,6 +498,8 @@ class _Pass:
 
     async def _run(self) -> tuple[str, str | None]:
         rt = self.rt
+        if not self.dry_run:
+            await self._apply_requests()
         self.key_kind = await rt.in_source(rt.source.key_kind)
         self.initial = not await rt.in_state(rt.state.has_users) and not any(
             p.outcome in ("ok", "partial") for p in await rt.in_state(rt.state.recent_passes, 50))
@@ -481,12 +508,15 @@ class _Pass:
         limit = max(float(rt.config.capture.max_delete_floor), fraction * known)
         self.skip_history = self.initial and rt.config.capture.initial_deletions == "skip"
         ctx = replace(rt.ctx, count_unknown_deletions=not self.skip_history,
-                      valve_limit=None if self.confirm or self.dry_run else limit, beat=rt.beat)
+                      valve_limit=None if self.confirm or self.dry_run else limit, beat=rt.beat,
+                      stopping=self.stop.is_set)
         self._progress("capture", 0, None)
         try:
             found: Candidates = await rt.in_source(self.capture.collect, ctx)
         except TooManyDeletions as exc:
             raise SafetyValveTripped(exc.deletions, known, fraction, at_least=True) from None
+        except CaptureStopped:
+            return "stopped", "stopped during the capture; nothing was sent"
         if found.reconcile:
             self.kind = "reconcile"
         self.more = found.more
@@ -501,6 +531,8 @@ class _Pass:
         if self.dry_run:
             await self._plan(found)
             return "dry-run", None
+        if found.purged:
+            await rt.in_state(rt.state.forget_row_hashes, found.purged)
         try:
             async with rt.http_client() as client, Deliverer(
                 rt.senders, client, rt.policy, self.on_outcome, timeouts=rt.timeouts(),
@@ -580,18 +612,27 @@ class _Pass:
 
     async def _record(self) -> None:
         """Write outcomes to the state as they arrive (one transaction per burst), so that a
-        crash can only re-send what was in flight, not what was delivered a while ago."""
+        crash can only re-send what was in flight, not what was delivered a while ago. A write
+        that fails keeps its rows for the next attempt (the final flush, which fails the pass
+        if the state is still down: nothing is committed then)."""
         while True:
             await self._recorded.wait()
             self._recorded.clear()
-            await self._flush()
+            try:
+                await self._flush()
+            except SyncerError as exc:
+                log.warning("state.write_failed", error=str(exc), will_retry=True)
             if not self._recording:
                 return
 
     async def _flush(self) -> None:
         if self.writes:
             writes, self.writes = self.writes, []
-            await self.rt.in_state(self.rt.state.write, writes, utcnow())
+            try:
+                await self.rt.in_state(self.rt.state.write, writes, utcnow())
+            except BaseException:
+                self.writes[:0] = writes   # not written: they go with the next attempt
+                raise
 
     async def _plan(self, found: Candidates) -> None:
         rt = self.rt

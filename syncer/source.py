@@ -329,6 +329,8 @@ class Source:
                 rows = conn.exec_driver_sql(sql).all()
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot scan {self.description}: {describe_error(exc)}") from exc
+        if any(b is None or int(b) < 0 for b, *_ in rows):
+            return None   # NULL keys (a query source): the row-by-row merge reports them
         return {int(b): (int(n), int(lo), int(hi)) for b, n, lo, hi in rows}
 
     def _select_head(self) -> tuple[str, bool]:

@@ -218,13 +218,14 @@ def test_watchdog_pings_stop_while_a_pass_hangs(tmp_path: Path, sandbox_app: San
                          schedule={"interval_seconds": 0.2})
     probe = Runtime(config)
     source = HangingSource(config.source, config.capture, probe.mapping.columns,
-                           probe.mapping.row_hash_seed())
+                           probe.row_hash_seed)
     probe.close()
     HangingSource.release.clear()
     HangingSource.hanging.clear()
     notifier = Notifier({"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "400000"})
     rt = Runtime(config, source=source, transport=mock_transport(sandbox_app))
     daemon = Daemon(config, rt, notifier=notifier)
+    daemon.query_allowance = 0.3   # in production: the statement timeout and a minute more
     watchdog = threading.Thread(target=daemon._watchdog, daemon=True)
     watchdog.start()
     try:
@@ -471,3 +472,41 @@ def test_cli_retry_and_resync_usage(tmp_path: Path, server: SandboxServer) -> No
                         text=True, check=False, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "sending them now" in ok.stdout
+
+
+def test_the_postgres_lock_is_fenced_to_its_own_session(pg_state_url: str,
+                                                        pg_admin: Any) -> None:
+    import sqlalchemy as sa
+
+    from syncer.lock import PostgresLock
+
+    first, second = PostgresLock(pg_state_url, "a:1"), PostgresLock(pg_state_url, "b:2")
+    try:
+        assert first.acquire() and first.holds()
+        assert not second.acquire() and second.holder() == "a:1"
+        with pg_admin.connect() as conn:   # the first one's connection dies (a failover, say)
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE application_name = 'syncer-lock a:1'"))
+        assert not first.holds()
+        assert second.acquire() and second.holds()
+        assert not first.acquire()
+    finally:
+        first.release()
+        second.release()
+
+
+def test_a_stop_during_the_capture_sends_nothing(tmp_path: Path,
+                                                 sandbox_app: SandboxApp) -> None:
+    src = seeded(tmp_path, 10)
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+    rt = Runtime(config, transport=mock_transport(sandbox_app))
+    try:
+        stop_now = threading.Event()
+        stop_now.set()
+        from syncer.pipeline import run_pass
+
+        result = run_pass(rt, stop=stop_now)
+    finally:
+        rt.close()
+    assert result.outcome == "stopped" and requests(result) == {}
+    assert sandbox_app.snapshot()["users"] == {}

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from syncer.errors import SourceError
+from syncer.errors import SourceError, SyncerError
 from syncer.pipeline import Runtime, run_pass
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, mock_transport
 from syncer.source import Source
@@ -117,7 +117,7 @@ def test_what_was_delivered_before_a_failure_is_recorded(tmp_path: Path,
     config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}", source={"chunk_size": 100})
     probe = Runtime(config)
     source = FailingSource(config.source, config.capture, probe.mapping.columns,
-                           probe.mapping.row_hash_seed())
+                           probe.row_hash_seed)
     probe.close()
     rt = Runtime(config, source=source, transport=mock_transport(sandbox_app))
     try:
@@ -171,3 +171,176 @@ def test_null_consents_can_be_sent_as_false(tmp_path: Path, sandbox_app: Sandbox
     assert once(strict, sandbox_app).counts["updated"] >= 1
     user = sandbox_app.snapshot()["users"]["1"]["user_properties"]
     assert user["marketing_notification_consent"] is False
+
+
+class FlakyState:
+    """A state whose writes fail while ``down`` (a database restart, a locked file)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.down = 0   # how many writes fail next
+
+    def write(self, writes: Any, now: Any) -> None:
+        if self.down:
+            self.down -= 1
+            from syncer.errors import StateError
+            raise StateError("state database (write): connection lost")
+        self.inner.write(writes, now)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_failed_state_write_keeps_its_rows_for_the_next_attempt(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    from syncer.state.sql import SqlStateStore
+
+    src = sqlite_source(tmp_path, [user_row(i) for i in range(1, 301)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+    state = FlakyState(SqlStateStore.from_url(config.state.url))
+    state.down = 1                      # the recorder's first write fails, later ones succeed
+    rt = Runtime(config, state=state, transport=mock_transport(sandbox_app))   # type: ignore[arg-type]
+    try:
+        first = run_pass(rt)
+        assert first.outcome == "ok" and first.counts["updated"] == 300
+        assert requests(run_pass(rt)) == {}     # everything was recorded: nothing again
+        execute(src, "UPDATE users SET name = 'n' WHERE id <= 5")
+        state.down = 10**6                  # the state stays down for the whole pass
+        down = run_pass(rt)
+        assert down.outcome == "failed" and "connection lost" in (down.message or "")
+        state.down = 0
+        again = run_pass(rt)                # what failed to be recorded is sent again
+        assert again.outcome == "ok" and again.counts["updated"] == 5
+    finally:
+        rt.close()
+
+
+def test_outbox_rows_stay_when_the_state_could_not_record_the_pass(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    from syncer.capture import outbox as ob
+    from syncer.state.sql import SqlStateStore
+
+    src = sqlite_source(tmp_path, [user_row(i) for i in range(1, 11)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}", capture={"mode": "outbox"})
+    ob.install(config)
+    state = FlakyState(SqlStateStore.from_url(config.state.url))
+    rt = Runtime(config, state=state, transport=mock_transport(sandbox_app))   # type: ignore[arg-type]
+    try:
+        run_pass(rt)
+        run_pass(rt)
+        execute(src, "UPDATE users SET marketing = 0 WHERE id = 3")
+        state.down = 10**6
+        assert run_pass(rt).outcome == "failed"
+        state.down = 0
+        later = run_pass(rt)                # the outbox row was kept: the change is not lost
+        assert later.counts["updated"] == 1
+    finally:
+        rt.close()
+
+
+def test_operator_requests_beside_a_running_sender_wait_for_it(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    from syncer import commands
+    from syncer import lock as sender_lock
+
+    src = sqlite_source(tmp_path, [user_row(i) for i in range(1, 21)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+    once(config, sandbox_app)
+    daemon_lock = sender_lock.for_config(config, "the-daemon:1")
+    assert daemon_lock.acquire()
+    try:
+        queued = commands.resync(config, ["3", "4"], transport=mock_transport(sandbox_app))
+        assert queued.sender == "the-daemon:1" and queued.result is None
+        with pytest.raises(SyncerError, match="stop it before replacing the key"):
+            commands.resync(config, new_key=True)
+    finally:
+        daemon_lock.release()
+    # the sender applies the request at its next pass
+    applied = once(config, sandbox_app)
+    assert applied.counts["updated"] == 2
+
+
+def test_soft_deleted_users_that_are_then_purged_leave_the_ranges_quiet(
+        pg_url: str, tmp_path: Path, sandbox_app: SandboxApp,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from syncer.capture import snapshot
+
+    monkeypatch.setattr(snapshot, "BLOCK", 10)
+    create_users_table(pg_url)
+    insert_users(pg_url, [user_row(i) for i in range(1, 101)])
+    config = make_config(pg_url, f"sqlite:///{tmp_path / 'state.db'}")
+    once(config, sandbox_app)
+    execute(pg_url, "UPDATE users SET deleted_at = '2026-11-27' WHERE id = 55")
+    assert once(config, sandbox_app).counts["deleted"] == 1
+    execute(pg_url, "DELETE FROM users WHERE id = 55")       # purged later
+    once(config, sandbox_app)
+    quiet = once(config, sandbox_app)
+    assert quiet.position["ranges_read_row_by_row"] == 0
+
+
+def test_a_quarantined_deletion_is_retried_by_the_reconcile(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    src = sqlite_source(tmp_path, [user_row(i) for i in range(1, 21)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}",
+                         capture={"mode": "outbox"})
+    from syncer.capture import outbox as ob
+
+    ob.install(config)
+    once(config, sandbox_app)
+    sandbox_app.faults.reject_user_ids = frozenset({"7"})
+    execute(src, "DELETE FROM users WHERE id = 7")
+    held = once(config, sandbox_app)
+    assert held.counts["quarantined"] == 2            # Blux delete and nachocode withdraw
+    assert requests(once(config, sandbox_app)) == {}  # an ordinary pass leaves it waiting
+    sandbox_app.faults.reject_user_ids = frozenset()
+    retried = once(config, sandbox_app, reconcile=True)
+    assert retried.counts["deleted"] == 1 and retried.counts["withdrawn"] == 1
+
+
+def test_adding_blux_later_sends_the_existing_users(tmp_path: Path,
+                                                    sandbox_app: SandboxApp) -> None:
+    src = sqlite_source(tmp_path, [user_row(i) for i in range(1, 31)])
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    nacho_only = make_config(src, state)
+    raw = nacho_only.model_dump(by_alias=True, exclude_none=True)
+    raw.pop("blux")
+    raw["nachocode"]["api_key"] = nacho_only.nachocode.api_key.reveal()  # type: ignore[union-attr]
+    raw["nachocode"]["secret_key"] = nacho_only.nachocode.secret_key.reveal()  # type: ignore[union-attr]
+    from syncer.config import parse
+
+    first = once(parse(raw), sandbox_app)
+    assert first.outcome == "ok" and requests(first) == {}
+    with_blux = once(nacho_only, sandbox_app)     # the same state, Blux configured now
+    assert with_blux.counts["updated"] == 30
+
+
+def test_null_keys_from_a_query_are_reported_on_every_database(
+        source_url: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    create_users_table(source_url)
+    insert_users(source_url, [user_row(i) for i in range(1, 21)])
+    config = make_config(source_url, f"sqlite:///{tmp_path / 'state.db'}", source={
+        "table": None, "query": "SELECT u.* FROM users u UNION ALL SELECT NULL, name, phone, "
+                                "email, marketing, sms, points, touched, deleted_at FROM users "
+                                "WHERE id = 1"})
+    first = once(config, sandbox_app)
+    assert first.counts["updated"] == 20 and first.counts["invalid_keys"] == 1
+    second = once(config, sandbox_app)               # not a crash, the same report
+    assert second.counts["invalid_keys"] == 1 and requests(second) == {}
+
+
+def test_the_lag_counts_from_the_first_failure(tmp_path: Path) -> None:
+    src = sqlite_source(tmp_path, [user_row(i) for i in range(1, 4)])
+    app = SandboxApp(SandboxConfig(update_rate=1000), Faults(error_rate=1.0))
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+    rt = Runtime(config, transport=mock_transport(app))
+    try:
+        run_pass(rt)
+        count, first = rt.state.pending()
+        assert count == 3 and first is not None
+        run_pass(rt)
+        assert rt.state.pending() == (3, first)   # still waiting since the first failure
+        app.faults.error_rate = 0.0
+        run_pass(rt)
+        assert rt.state.pending() == (0, None)
+    finally:
+        rt.close()

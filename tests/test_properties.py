@@ -6,11 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import shutil
-import sqlite3
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +21,7 @@ from syncer.capture import outbox as ob
 from syncer.pipeline import Runtime, run_pass
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, mock_transport
 
-from .conftest import create_users_table, make_config
+from .conftest import create_users_table, execute, make_config, pg_url_for
 from .test_pipeline import expected_blux
 
 KEYS = st.integers(1, 12)
@@ -45,8 +47,8 @@ STEP = st.one_of(
 class App:
     """The application's database, changed the way an app would (timestamps always move)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, url: str) -> None:
+        self.engine = sa.create_engine(url)
         self.clock = itertools.count(1)
 
     def now(self) -> str:
@@ -54,13 +56,20 @@ class App:
         return moment.isoformat(" ", "microseconds")
 
     def run(self, sql: str, params: tuple[Any, ...]) -> None:
-        with sqlite3.connect(self.path) as db:
-            db.execute(sql, params)
+        names = {f"p{i}": v for i, v in enumerate(params)}
+        for i in range(len(params)):
+            sql = sql.replace("?", f":p{i}", 1)
+        with self.engine.begin() as conn:
+            conn.execute(sa.text(sql), names)
 
     def apply(self, step: tuple[str, int, Any]) -> None:
         kind, key, value = step
         if kind == "insert":
-            self.run("INSERT OR IGNORE INTO users (id, name, phone, email, marketing, sms, "
+            with self.engine.connect() as conn:
+                if conn.execute(sa.text("SELECT 1 FROM users WHERE id = :k"),
+                                {"k": key}).first():
+                    return
+            self.run("INSERT INTO users (id, name, phone, email, marketing, sms, "
                      "points, touched, deleted_at, updated_at) VALUES (?, ?, ?, ?, 1, 'Y', ?, "
                      "'t', NULL, ?)", (key, value, f"010-1234-{1000 + key}",
                                       f"u{key}@example.com", key, self.now()))
@@ -82,9 +91,9 @@ class App:
             self.run("DELETE FROM users WHERE id = ?", (key,))
 
     def rows(self) -> dict[str, dict[str, Any]]:
-        with sqlite3.connect(self.path) as db:
-            db.row_factory = sqlite3.Row
-            return {str(r["id"]): dict(r) for r in db.execute("SELECT * FROM users")}
+        with self.engine.connect() as conn:
+            return {str(r["id"]): dict(r) for r in
+                    conn.execute(sa.text("SELECT * FROM users")).mappings()}
 
 
 def converge(config: Any, app: SandboxApp, reconcile: bool = False) -> None:
@@ -124,14 +133,20 @@ def check(app: SandboxApp, rows: dict[str, dict[str, Any]], deleted_ever: set[st
             assert uid in snap["withdrawn_user_ids"], uid
 
 
-def scenario(mode: str, steps: list[tuple[str, int, Any]]) -> None:
+def scenario(mode: str, steps: list[tuple[str, int, Any]], pg: sa.Engine | None = None) -> None:
     logs.configure("error", json=True)
     workdir = Path(tempfile.mkdtemp(prefix="syncer-prop-"))
+    schema = f"p_{uuid.uuid4().hex[:10]}"
     try:
-        src = f"sqlite:///{workdir / 'app.db'}"
-        create_users_table(src, key_type="INTEGER")
-        with sqlite3.connect(workdir / "app.db") as db:
-            db.execute("ALTER TABLE users ADD COLUMN updated_at TEXT")
+        if pg is None:
+            src = f"sqlite:///{workdir / 'app.db'}"
+            create_users_table(src, key_type="INTEGER")
+        else:
+            with pg.connect() as conn:
+                conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+            src = pg_url_for(schema)
+            create_users_table(src)
+        execute(src, "ALTER TABLE users ADD COLUMN updated_at VARCHAR(40)")
         config = make_config(src, f"sqlite:///{workdir / 'state.db'}",
                              capture={"mode": mode, "watermark_column": "updated_at",
                                       "lookback_seconds": 0, "max_delete_fraction": 1.0},
@@ -140,7 +155,7 @@ def scenario(mode: str, steps: list[tuple[str, int, Any]]) -> None:
             ob.install(config)
         app = SandboxApp(SandboxConfig(update_rate=1000, delete_rate=1000, withdraw_rate=1000),
                          Faults(seed=len(steps)))
-        database = App(workdir / "app.db")
+        database = App(src)
         deleted_ever: set[str] = set()
         rt = Runtime(config, transport=mock_transport(app))
         try:
@@ -162,8 +177,12 @@ def scenario(mode: str, steps: list[tuple[str, int, Any]]) -> None:
         if mode == "watermark":
             converge(config, app, reconcile=True)
             check(app, database.rows(), deleted_ever)
+        database.engine.dispose()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        if pg is not None:
+            with pg.connect() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
 
 
 PROPERTY = settings(max_examples=60, deadline=None,
@@ -186,3 +205,21 @@ def test_watermark_mode_converges(steps: list[tuple[str, int, Any]]) -> None:
 @given(st.lists(STEP, min_size=1, max_size=25))
 def test_outbox_mode_converges(steps: list[tuple[str, int, Any]]) -> None:
     scenario("outbox", steps)
+
+
+@pytest.fixture
+def small_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    from syncer.capture import snapshot
+
+    monkeypatch.setattr(snapshot, "BLOCK", 3)   # many key ranges over twelve keys
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(STEP, min_size=1, max_size=25))
+def test_snapshot_by_key_ranges_on_postgres_converges(
+        pg_admin: sa.Engine, small_ranges: None, steps: list[tuple[str, int, Any]]) -> None:
+    """Every key exists and was delivered before the random steps, so the ranges are many."""
+    everyone: list[tuple[str, int, Any]] = [("insert", k, "a") for k in range(1, 13)]
+    clean = {"error_rate": 0.0, "hang_rate": 0.0, "nachocode_disabled": False}
+    scenario("snapshot", [*everyone, ("pass", 0, clean), *steps], pg=pg_admin)

@@ -34,6 +34,7 @@ class Candidates:
     invalid: list[tuple[str, str]] = field(default_factory=list)  # (key as text, why)
     scanned: int = 0                                       # rows the capture looked at
     deletions: int = 0             # deletions the pass would send: what the safety valve weighs
+    purged: list[str] = field(default_factory=list)  # gone users whose row is gone too
     more: bool = False             # the capture left work for an immediate next pass
     position: dict[str, object] = field(default_factory=dict)
     commit: Callable[[], None] | None = None               # run after the results are recorded
@@ -76,6 +77,17 @@ class CaptureContext:
     count_unknown_deletions: bool = True
     valve_limit: float | None = None      # None: count every deletion (plan, --confirm)
     beat: Callable[[], None] = _nothing   # called as work progresses (for the watchdog)
+    stopping: Callable[[], bool] = bool   # true once the pass should stop (SIGTERM)
+
+    def progress(self) -> None:
+        """Work moved on: tell the watchdog, and stop here if the pass is stopping."""
+        self.beat()
+        if self.stopping():
+            raise CaptureStopped()
+
+
+class CaptureStopped(Exception):
+    """The pass was asked to stop during the capture; nothing was sent, nothing committed."""
 
 
 class Capture(Protocol):
@@ -96,7 +108,7 @@ def sort_rows(ctx: CaptureContext, rows: Iterable[RawRow], out: Candidates,
     """Keep the rows whose hash differs from the state's (or that are pending), sorted into
     deletions and changes. ``seen`` holds user ids already taken, so a user is taken once."""
     for chunk in _batched(rows):
-        ctx.beat()
+        ctx.progress()
         valid: list[tuple[RawRow, str]] = []
         for row in chunk:
             try:

@@ -43,11 +43,13 @@ def merge(source_rows: Iterator[RawRow], state_rows: Iterator[ScanRow], kind: Ke
             if len(missing) >= _VERIFY_CHUNK:
                 on_missing(missing[:])
                 missing.clear()
+        elif row.row_hash is not None:
+            out.purged.append(row.user_id)   # soft-deleted, then removed: forget its hash
 
     for src in source_rows:
         scanned += 1
         if not scanned % 50_000:
-            ctx.beat()
+            ctx.progress()
         key = src.key
         if by_int and type(key) is int:
             skey: Any = key
@@ -93,6 +95,7 @@ class SnapshotCapture:
 
     def collect(self, ctx: CaptureContext) -> Candidates:
         out = Candidates(reconcile=True)
+        ctx.progress()
         kind = ctx.source.key_kind()
         if kind is KeyKind.INT and self._by_ranges(ctx, out):
             return out
@@ -130,7 +133,7 @@ class SnapshotCapture:
             if theirs is not None and ours is not None and ours[3] == 0 and theirs == ours[:3]:
                 continue
             read += 1
-            ctx.beat()
+            ctx.progress()
             low, high = edges[i], edges[i + 1]
             merge(ctx.source.hash_scan(low, high), ctx.state.scan_range(low, high),
                   KeyKind.INT, out, ctx, lambda rows: confirm_missing(ctx, rows, out))

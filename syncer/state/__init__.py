@@ -105,8 +105,17 @@ class StateStore(Protocol):
 
     def dirty_users(self, limit: int) -> list[ScanRow]: ...
 
+    def forget_row_hashes(self, user_ids: Sequence[str]) -> None:
+        """Deleted users whose source row is gone too: nothing of theirs is left to compare."""
+
     def pending(self) -> tuple[int, dt.datetime | None]:
         """How many users have sends still pending, and since when the oldest has waited."""
+
+    def request(self, kind: str, user_ids: Sequence[str] | None) -> int:
+        """Leave a request for the running sender ("retry", "resync"; None: every user)."""
+
+    def take_requests(self) -> list[tuple[str, str | None]]:
+        """The requests left so far, removed as they are taken."""
 
     def write(self, writes: Sequence[UserWrite], now: dt.datetime) -> None: ...
 

@@ -19,6 +19,7 @@ class _User:
     gone: bool
     dirty: bool
     updated_at: dt.datetime
+    dirty_since: dt.datetime | None = None
     deliveries: dict[str, tuple[Delivered, dt.datetime]] = field(default_factory=dict)
     quarantine: dict[str, QuarantineRow] = field(default_factory=dict)
     q_fingerprints: dict[str, bytes] = field(default_factory=dict)
@@ -31,6 +32,7 @@ class MemoryStateStore:
         self.users: dict[str, _User] = {}
         self.cursors: dict[str, str] = {}
         self.passes: list[PassRecord] = []
+        self.requests: list[tuple[str, str | None]] = []
 
     def get_meta(self, name: str) -> str | None:
         return self.meta.get(name)
@@ -106,8 +108,23 @@ class MemoryStateStore:
                 if uid in self.users}
 
     def pending(self) -> tuple[int, dt.datetime | None]:
-        times = [u.updated_at for u in self.users.values() if u.dirty]
+        times = [u.dirty_since or u.updated_at for u in self.users.values() if u.dirty]
         return len(times), min(times, default=None)
+
+    def request(self, kind: str, user_ids: Sequence[str] | None) -> int:
+        ids: list[str | None] = list(user_ids) if user_ids is not None else [None]
+        self.requests += [(kind, uid) for uid in ids]
+        return len(ids)
+
+    def take_requests(self) -> list[tuple[str, str | None]]:
+        taken, self.requests = self.requests, []
+        return taken
+
+    def forget_row_hashes(self, user_ids: Sequence[str]) -> None:
+        for uid in user_ids:
+            u = self.users.get(uid)
+            if u is not None and u.gone:
+                u.row_hash = None
 
     def dirty_users(self, limit: int) -> list[ScanRow]:
         dirty = sorted(((u.updated_at, uid) for uid, u in self.users.items() if u.dirty))
@@ -120,6 +137,7 @@ class MemoryStateStore:
                 u = self.users[w.user_id] = _User(w.key_int, w.source_key, w.row_hash, w.gone,
                                                   w.dirty, now)
             u.key_int, u.source_key, u.row_hash = w.key_int, w.source_key, w.row_hash
+            u.dirty_since = (u.dirty_since if u.dirty else None) or now if w.dirty else None
             u.gone, u.dirty, u.updated_at = w.gone, w.dirty, now
             for dest, d in w.deliveries.items():
                 if d is None:
@@ -204,6 +222,7 @@ class MemoryStateStore:
                 u.quarantine.clear()
                 u.q_fingerprints.clear()
                 u.dirty, u.row_hash = True, None
+                u.dirty_since = u.dirty_since or dt.datetime.now(dt.UTC).replace(tzinfo=None)
         return count
 
     def forget(self, user_ids: Sequence[str] | None) -> int:
@@ -218,4 +237,5 @@ class MemoryStateStore:
             if not u.gone:
                 u.row_hash = None
                 u.dirty = True
+                u.dirty_since = u.dirty_since or dt.datetime.now(dt.UTC).replace(tzinfo=None)
         return count

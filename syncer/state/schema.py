@@ -36,6 +36,7 @@ users = Table(
     Column("dirty", Boolean, nullable=False),
     Column("first_seen", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
+    Column("dirty_since", DateTime, nullable=True),   # 0002
 )
 Index("ix_syncer_users_key_int", users.c.key_int, users.c.user_id, users.c.row_hash,
       users.c.gone, users.c.dirty)
@@ -82,6 +83,14 @@ passes = Table(
     Column("counts", Text, nullable=False),
     Column("message", Text, nullable=True),
     Column("instance", String(255), nullable=True),
+)
+
+requests = Table(   # 0002: what `syncer retry`/`resync` ask of the running sender
+    "syncer_requests", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("user_id", Text, nullable=True),
+    Column("created_at", DateTime, nullable=False),
 )
 
 cursors = Table(

@@ -59,6 +59,21 @@ def migrations_dir() -> Path:
         return Path(__file__).resolve().parents[2] / "migrations"
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (plain or ``file:`` URI form); None for an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
+    if database.startswith("file:"):
+        database = database[5:].split("?", 1)[0]
+        if database.startswith("//"):
+            database = database[2:]
+    if not database or database == ":memory:" or "mode=memory" in (parsed.database or ""):
+        return None
+    return Path(database).expanduser().resolve()
+
+
 def create_state_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -68,9 +83,9 @@ def create_state_engine(url: str) -> Engine:
     if backend not in ("sqlite", "postgresql"):
         raise ConfigError(f"[state] url: the state lives in SQLite or PostgreSQL, not {backend}")
     if backend == "sqlite":
-        database = parsed.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
-            parent = Path(database).expanduser().resolve().parent
+        path = sqlite_path(url)
+        if path is not None:
+            parent = path.parent
             if not parent.is_dir():
                 raise ConfigError(
                     f"[state] url: the directory {parent} does not exist (create it, or use "
@@ -142,6 +157,9 @@ class SqlStateStore:
                 return fn(conn, *args)
         except SQLAlchemyError as exc:
             raise StateError(f"state database ({what}): {_brief(exc)}") from exc
+        except (OverflowError, ValueError) as exc:  # a value the database cannot hold
+            raise StateError(f"state database ({what}): {type(exc).__name__}: "
+                             f"{str(exc)[:120]}") from exc
 
     def _upsert(self, conn: Connection, table: Table, rows: list[dict[str, Any]],
                 keys: list[str], update_cols: dict[str, Any] | None = None) -> None:
@@ -283,8 +301,33 @@ class SqlStateStore:
     def pending(self) -> tuple[int, dt.datetime | None]:
         u = t.users.c
         count, oldest = self._run("pending", lambda c: c.execute(
-            select(func.count(), func.min(u.updated_at)).where(u.dirty)).one())
+            select(func.count(), func.min(u.dirty_since)).where(u.dirty)).one())
         return int(count), oldest
+
+    def request(self, kind: str, user_ids: Sequence[str] | None) -> int:
+        rows = [{"kind": kind, "user_id": uid, "created_at": _utcnow()}
+                for uid in (user_ids if user_ids is not None else [None])]
+        self._run("request", lambda c: c.execute(t.requests.insert(), rows))
+        return len(rows)
+
+    def take_requests(self) -> list[tuple[str, str | None]]:
+        def take(conn: Connection) -> list[tuple[str, str | None]]:
+            r = t.requests.c
+            rows = conn.execute(select(r.id, r.kind, r.user_id).order_by(r.id)).all()
+            if rows:
+                conn.execute(delete(t.requests).where(r.id <= rows[-1][0]))
+            return [(row[1], row[2]) for row in rows]
+
+        return list(self._run("requests", take))
+
+    def forget_row_hashes(self, user_ids: Sequence[str]) -> None:
+        def go(conn: Connection) -> None:
+            for part in _chunks(list(user_ids)):
+                conn.execute(update(t.users).where(t.users.c.user_id.in_(part), t.users.c.gone)
+                             .values(row_hash=None))
+
+        if user_ids:
+            self._run("forget", go)
 
     def dirty_users(self, limit: int) -> list[ScanRow]:
         u = t.users.c
@@ -301,13 +344,18 @@ class SqlStateStore:
         user_rows = [{
             "user_id": w.user_id, "key_int": w.key_int, "source_key": w.source_key,
             "row_hash": w.row_hash, "gone": w.gone, "dirty": w.dirty,
-            "first_seen": now, "updated_at": now,
+            "first_seen": now, "updated_at": now, "dirty_since": now if w.dirty else None,
         } for w in writes]
         ins: Any = (postgresql.insert(t.users) if self._dialect == "postgresql"
                     else sqlite.insert(t.users))
-        self._upsert(conn, t.users, user_rows, ["user_id"], {
-            c: ins.excluded[c] for c in
-            ("key_int", "source_key", "row_hash", "gone", "dirty", "updated_at")})
+        columns: dict[str, Any] = {c: ins.excluded[c] for c in
+                                   ("key_int", "source_key", "row_hash", "gone", "dirty",
+                                    "updated_at")}
+        # still waiting: since when it first waited, not since the last attempt
+        columns["dirty_since"] = case(
+            (ins.excluded.dirty, func.coalesce(t.users.c.dirty_since, ins.excluded.dirty_since)),
+            else_=None)
+        self._upsert(conn, t.users, user_rows, ["user_id"], columns)
 
         delivered: list[dict[str, Any]] = []
         forgotten: list[tuple[str, str]] = []
@@ -458,7 +506,7 @@ class SqlStateStore:
             for part in _chunks(ids):
                 count += conn.execute(delete(t.quarantine).where(q.user_id.in_(part))).rowcount
                 conn.execute(update(t.users).where(t.users.c.user_id.in_(part))
-                             .values(dirty=True, row_hash=None))
+                             .values(dirty=True, row_hash=None, dirty_since=_waiting()))
             return count
 
         return int(self._run("retry", go))
@@ -470,16 +518,24 @@ class SqlStateStore:
             if user_ids is None:
                 n = conn.execute(delete(t.deliveries).where(alive)).rowcount
                 conn.execute(update(t.users).where(~t.users.c.gone)
-                             .values(row_hash=None, dirty=True))
+                             .values(row_hash=None, dirty=True, dirty_since=_waiting()))
                 return int(n)
             n = 0
             for part in _chunks(list(user_ids)):
                 n += conn.execute(delete(t.deliveries).where(alive, d.user_id.in_(part))).rowcount
                 conn.execute(update(t.users).where(t.users.c.user_id.in_(part))
-                             .values(row_hash=None, dirty=True))
+                             .values(row_hash=None, dirty=True, dirty_since=_waiting()))
             return int(n)
 
         return int(self._run("resync", go))
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _waiting() -> Any:
+    return func.coalesce(t.users.c.dirty_since, _utcnow())
 
 
 def _blank() -> dict[str, Any]:
