@@ -48,7 +48,8 @@ def redact_url(url: str) -> str:
 
 # Personal data that could slip into a message from a database or an API: e-mail addresses and
 # anything shaped like a phone number (8 or more digits, with the usual separators).
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# (not the user@host of a URL: no "/" right before it, and an alphabetic top-level domain)
+_EMAIL = re.compile(r"(?<![\w.+/-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
 _PHONE = re.compile(r"(?<![\w.])\+?\d(?:[\d\s().-]{6,}\d)(?![\w.])")
 
 

@@ -84,3 +84,14 @@ def test_logs_never_carry_secrets_or_personal_data(tmp_path: Path,
     assert any(e["event"] == "delivery.retry" for e in lines)
     for needle in [SECRET, NACHO_SECRET, "private.example", "5555", "01055551007", "garbage"]:
         assert needle not in text, needle
+
+
+def test_scrub_removes_personal_data_but_keeps_hosts_and_ids() -> None:
+    from syncer.secret import scrub
+
+    text = ("user 12345 (kim.minseo+1@mail.example.co.kr, 010-1234-5678, +82 10 9876 5432) "
+            "at postgresql://postgres@127.0.0.1:5432/app failed; key s3cr3t-key")
+    out = scrub(text, ("s3cr3t-key",))
+    assert "kim.minseo" not in out and "1234-5678" not in out and "9876" not in out
+    assert "s3cr3t-key" not in out
+    assert "user 12345" in out and "postgres@127.0.0.1:5432" in out
