@@ -34,7 +34,7 @@ def _level(_ctx: click.Context, _param: click.Parameter, value: str | None) -> s
 
 
 def common(needs_config: bool = True, log_stream: str = "stderr",
-           default_level: str = "info") -> Callable[[F], F]:
+           default_level: str = "info", secrets: bool = True) -> Callable[[F], F]:
     """``-c/--config`` (where the command needs one) and ``--log-level`` on every command; both
     may also be given before the command (``syncer -c FILE once``)."""
 
@@ -52,7 +52,7 @@ def common(needs_config: bool = True, log_stream: str = "stderr",
             try:
                 if needs_config:
                     path = str(resolve_path(kwargs.pop("config") or outer.get("config")))
-                    config = load(path)
+                    config = load(path, secrets=secrets)
                     logs.set_secrets(config.secret_values())
                     return fn(config, *args, **kwargs)
                 return fn(*args, **kwargs)
@@ -139,7 +139,7 @@ def once(config: Config, reconcile: bool, confirm: bool) -> None:
 @click.option("--reconcile", is_flag=True, help="Plan a full diff instead of an incremental pass.")
 @click.option("--show-values/--hide-values", default=None,
               help="Show the sample's new values (personal data) [default: on a terminal only].")
-@common()
+@common(secrets=False)
 def plan(config: Config, reconcile: bool, show_values: bool | None) -> None:
     """Dry run: what a pass would send, per endpoint, with a sample and the time it would take.
     Sends nothing and changes nothing."""
@@ -154,7 +154,7 @@ def plan(config: Config, reconcile: bool, show_values: bool | None) -> None:
 
 @main.command()
 @click.option("--limit", default=10, show_default=True, help="Rows per table.")
-@common()
+@common(secrets=False)
 def status(config: Config, limit: int) -> None:
     """Recent passes, pending and lag, quarantined users with the reason, destination health."""
     from syncer.report import status_report
@@ -206,7 +206,7 @@ def resync(config: Config, users: tuple[str, ...], everyone: bool, new_key: bool
 
 
 @main.command()
-@common()
+@common(secrets=False)
 def migrate(config: Config) -> None:
     """Create or upgrade the state schema (also done at every start)."""
     where = commands.migrate(config)
@@ -219,7 +219,7 @@ def outbox() -> None:
 
 
 @outbox.command("install")
-@common()
+@common(secrets=False)
 def outbox_install(config: Config) -> None:
     """Create the outbox table and the triggers on the users table (harmless to repeat)."""
     from syncer.capture import outbox as ob
@@ -228,7 +228,7 @@ def outbox_install(config: Config) -> None:
 
 
 @outbox.command("uninstall")
-@common()
+@common(secrets=False)
 def outbox_uninstall(config: Config) -> None:
     """Remove the outbox table and the triggers."""
     from syncer.capture import outbox as ob
@@ -238,7 +238,7 @@ def outbox_uninstall(config: Config) -> None:
 
 @outbox.command("sql")
 @click.option("--uninstall", is_flag=True, help="Print the SQL that removes it instead.")
-@common()
+@common(secrets=False)
 def outbox_sql(config: Config, uninstall: bool) -> None:
     """Print the SQL for a DBA to run, instead of running it."""
     from syncer.capture import outbox as ob

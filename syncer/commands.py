@@ -4,6 +4,7 @@ of these and turns the result into output and an exit code; tests call them dire
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,7 +18,8 @@ from syncer.config import Config
 from syncer.errors import ConfigError, SyncerError
 from syncer.pipeline import PassResult, Progress, Runtime, plan_pass, run_pass, utcnow
 from syncer.state import PassRecord, ProblemRow, QuarantineRow, StateCounts
-from syncer.state.sql import SqlStateStore, create_state_engine
+from syncer.state.memory import MemoryStateStore
+from syncer.state.sql import SqlStateStore, create_state_engine, sqlite_path
 from syncer.state.sql import migrate as migrate_state
 
 log = structlog.get_logger("syncer.commands")
@@ -154,6 +156,11 @@ def resync(config: Config, user_ids: Sequence[str] | None = None, *, new_key: bo
 
 def plan(config: Config, *, reconcile: bool = False, progress: Progress | None = None,
          **runtime: object) -> PassResult:
+    """What a pass would send. Before the very first pass (no SQLite state file yet) the plan
+    runs against an empty state in memory, so that it creates nothing."""
+    path = sqlite_path(config.state.url)
+    if path is not None and not path.exists() and "state" not in runtime:
+        runtime = {**runtime, "state": MemoryStateStore(), "fingerprint": os.urandom(32)}
     rt = open_runtime(config, **runtime)
     try:
         return plan_pass(rt, reconcile=reconcile, progress=progress)

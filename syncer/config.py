@@ -439,12 +439,34 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"[{'.'.join(loc[:-1])}] {loc[-1]} {message}"
 
 
+# The API secrets: commands that send nothing (status, plan, migrate, outbox) do without them.
+_API_SECRETS: Final = (("blux", "secret_key"), ("nachocode", "api_key"),
+                       ("nachocode", "secret_key"))
+NOT_LOADED: Final = "(not loaded: this command sends nothing)"
+
+
+def _without_api_secrets(data: dict[str, Any], problems: list[str]) -> list[str]:
+    kept = list(problems)
+    for table, key in _API_SECRETS:
+        section = data.get(table)
+        if not isinstance(section, dict):
+            continue
+        mentions = (f"[{table}] {key}", f"[{table}] {key}_file")
+        if not section.get(key) or any(p.startswith(mentions) for p in kept):
+            section[key] = NOT_LOADED
+            kept = [p for p in kept if not p.startswith(mentions)]
+    return kept
+
+
 def parse(raw: Mapping[str, Any], *, path: str = "<config>", env: Mapping[str, str] | None = None,
-          base_dir: Path | None = None) -> Config:
-    """Validate an already-read TOML document. Raises ConfigError listing every problem."""
+          base_dir: Path | None = None, secrets: bool = True) -> Config:
+    """Validate an already-read TOML document. Raises ConfigError listing every problem.
+    ``secrets=False`` (commands that send nothing) lets the API secrets be absent."""
     problems: list[str] = []
     data: dict[str, Any] = _walk(dict(raw), "", os.environ if env is None else env, problems)
     _read_secret_files(data, base_dir or Path.cwd(), problems)
+    if not secrets:
+        problems = _without_api_secrets(data, problems)
     config: Config | None = None
     unset = {p.split(": environment variable", 1)[0] for p in problems
              if ": environment variable" in p}
@@ -476,7 +498,7 @@ def resolve_path(path: str | os.PathLike[str] | None) -> Path:
 
 
 def load(path: str | os.PathLike[str] | None = None,
-         env: Mapping[str, str] | None = None) -> Config:
+         env: Mapping[str, str] | None = None, *, secrets: bool = True) -> Config:
     """Read and validate the config file (``-c``, then ``$SYNCER_CONFIG``, then /etc/syncer)."""
     file = resolve_path(path)
     try:
@@ -492,4 +514,4 @@ def load(path: str | os.PathLike[str] | None = None,
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", path=str(file)) from None
-    return parse(raw, path=str(file), env=env, base_dir=file.parent)
+    return parse(raw, path=str(file), env=env, base_dir=file.parent, secrets=secrets)

@@ -293,8 +293,12 @@ class Daemon:
         server = None
         if self.config.metrics is not None:
             host, port = parse_listen(self.config.metrics.listen)
-            server, _ = serve(self.metrics, self.health, host, port)
-            log.info("metrics.listening", listen=self.config.metrics.listen)
+            try:
+                server, _ = serve(self.metrics, self.health, host, port)
+                log.info("metrics.listening", listen=self.config.metrics.listen)
+            except OSError as exc:   # e.g. a second instance on the same host: still useful
+                log.error("metrics.unavailable", listen=self.config.metrics.listen,
+                          error=exc.strerror or str(exc))
         watchdog = threading.Thread(target=self._watchdog, name="syncer-watchdog", daemon=True)
         watchdog.start()
         try:

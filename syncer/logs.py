@@ -51,8 +51,9 @@ def _clean(value: Any, free_text: bool) -> Any:
 
 def scrub_processor(_logger: Any, _name: str, event: MutableMapping[str, Any]
                     ) -> MutableMapping[str, Any]:
+    foreign = "logger" in event   # a library's message: its text is free text too
     for key in list(event):
-        event[key] = _clean(event[key], key not in _IDENTIFIERS)
+        event[key] = _clean(event[key], key not in _IDENTIFIERS or (foreign and key == "event"))
     return event
 
 
@@ -63,31 +64,35 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
     as_json = not stream.isatty() if json is None else json
     renderer: Any = (structlog.processors.JSONRenderer(sort_keys=False) if as_json
                      else structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+    shared: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        scrub_processor,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            scrub_processor,
-            renderer,
-        ],
+        processors=[structlog.contextvars.merge_contextvars, *shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(_late(stream)),
         cache_logger_on_first_use=False,
     )
-    # Libraries log through the standard library: keep them to warnings, through the same scrub.
+    # Libraries log through the standard library: the same lines (JSON off a terminal), the same
+    # scrub, and only their warnings.
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_syncer", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(_ScrubbingFormatter("%(levelname)s %(name)s: %(message)s"))
+    handler = logging.StreamHandler(_late(stream))
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared]))
     handler._syncer = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(max(numeric, logging.WARNING))
-    for name in ("httpx", "httpcore", "alembic", "apscheduler", "sqlalchemy"):
+    for name in ("httpx", "httpcore", "alembic", "sqlalchemy"):
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    # "skipped: maximum number of running instances reached" is how passes never overlap
+    logging.getLogger("apscheduler").setLevel(max(numeric, logging.ERROR))
 
 
 class _LateStream:
@@ -110,8 +115,3 @@ def _late(stream: TextIO) -> Any:
     if stream is sys.__stderr__ or stream is sys.stderr:
         return _LateStream("stderr")
     return stream
-
-
-class _ScrubbingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record), _Secrets.values)

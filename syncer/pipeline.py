@@ -306,6 +306,8 @@ class _Pass:
         self.deliverer: Deliverer | None = None
         self.capture = rt.capture(reconcile)
         self.kind = "reconcile" if isinstance(self.capture, SnapshotCapture) else "incremental"
+        if self.kind == "incremental" and self.capture.starts_with_snapshot(rt.ctx):
+            self.kind = "reconcile"   # the first pass of an incremental mode
         self.more = False
         self.key_kind: KeyKind = KeyKind.TEXT
 
@@ -477,9 +479,11 @@ class _Pass:
             await rt.in_state(rt.state.finish_pass, pass_id, outcome, counts, message, utcnow(),
                               self.kind)
         seconds = time.monotonic() - started
-        log.info("pass.completed", kind=self.kind, mode=rt.config.capture.mode, outcome=outcome,
-                 seconds=round(seconds, 3), pass_id=pass_id,
-                 **{k: v for k, v in counts.items() if ":" not in k})
+        level = {"ok": log.info, "dry-run": log.info, "partial": log.warning,
+                 "stopped": log.warning}.get(outcome, log.error)
+        level("pass.completed", kind=self.kind, mode=rt.config.capture.mode, outcome=outcome,
+              seconds=round(seconds, 3), pass_id=pass_id,
+              **{k: v for k, v in counts.items() if ":" not in k})
         return PassResult(pass_id, self.kind, rt.config.capture.mode, outcome, counts,
                           credentials, held, message, seconds, self.plan if self.dry_run else None,
                           self.more and outcome in ("ok", "partial"), dict(self.plan.position))

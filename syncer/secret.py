@@ -50,7 +50,11 @@ def redact_url(url: str) -> str:
 # anything shaped like a phone number (8 or more digits, with the usual separators).
 # (not the user@host of a URL: no "/" right before it, and an alphabetic top-level domain)
 _EMAIL = re.compile(r"(?<![\w.+/-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
-_PHONE = re.compile(r"(?<![\w.])\+?\d(?:[\d\s().-]{6,}\d)(?![\w.])")
+# Phone numbers: international ones (a "+" and at least eight digits) and domestic ones (a 0, then
+# the usual groups). Dates, times, counts and ids (which do not start with 0) are left alone.
+_PHONE = re.compile(
+    r"(?<![\w.:+/-])(?:\+\d[\d\s().-]{6,}\d"
+    r"|\(?0\d{1,2}\)?[\s.-]?\d{3,4}[\s.-]?\d{4})(?![\w.:-]*\d)")
 
 
 def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -64,5 +68,4 @@ def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
 
 def _phone_or_keep(match: re.Match[str]) -> str:
     digits = sum(ch.isdigit() for ch in match.group(0))
-    # Timestamps and counts are short or carry ':'; a phone number has 8 to 15 digits.
     return "<phone>" if 8 <= digits <= 15 else match.group(0)

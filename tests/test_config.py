@@ -147,3 +147,16 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     config = load(example, env={"BLUX_SECRET_KEY": "a", "NACHOCODE_API_KEY": "b",
                                 "NACHOCODE_SECRET_KEY": "c", "SOURCE_DB_PASSWORD": "d"})
     assert config.blux is not None and config.nachocode is not None
+
+
+def test_commands_that_send_nothing_do_without_the_api_secrets(tmp_path: Path) -> None:
+    text = MINIMAL.replace('secret_key = "${BLUX_SECRET_KEY}"',
+                           'secret_key_file = "${CREDENTIALS_DIRECTORY}/blux"')
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY is not set"):
+        load(path, env={})
+    config = load(path, env={}, secrets=False)      # status, plan, migrate, outbox
+    assert config.blux is not None and "not loaded" in config.blux.secret_key.reveal()
+    with pytest.raises(ConfigError, match="application_id"):   # everything else still counts
+        load(write(tmp_path, text.replace('application_id = "abcd1234"\n', "")), env={},
+             secrets=False)

@@ -510,3 +510,32 @@ def test_a_stop_during_the_capture_sends_nothing(tmp_path: Path,
         rt.close()
     assert result.outcome == "stopped" and requests(result) == {}
     assert sandbox_app.snapshot()["users"] == {}
+
+
+def test_a_taken_metrics_port_does_not_stop_the_daemon(tmp_path: Path,
+                                                       server: SandboxServer) -> None:
+    src = seeded(tmp_path, 5)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, src, server, f"sqlite:///{tmp_path / 'state.db'}",
+                              metrics_port=port)
+        proc = start_daemon(config, log=tmp_path / "daemon.log")
+        try:
+            wait_for(lambda: len(server.app.snapshot()["users"]) == 5)
+            assert proc.poll() is None
+        finally:
+            assert stop(proc) == 0
+    assert "metrics.unavailable" in (tmp_path / "daemon.log").read_text()
+
+
+def test_plan_before_the_first_pass_creates_nothing(tmp_path: Path,
+                                                    sandbox_app: SandboxApp) -> None:
+    src = seeded(tmp_path, 5)
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    config = make_config(src, f"sqlite:///{state_dir / 'state.db'}")
+    result = commands.plan(config, transport=mock_transport(sandbox_app))
+    assert result.plan is not None and result.plan.ops == {"blux.update": 5}
+    assert list(state_dir.iterdir()) == []

@@ -95,3 +95,13 @@ def test_scrub_removes_personal_data_but_keeps_hosts_and_ids() -> None:
     assert "kim.minseo" not in out and "1234-5678" not in out and "9876" not in out
     assert "s3cr3t-key" not in out
     assert "user 12345" in out and "postgres@127.0.0.1:5432" in out
+
+
+def test_library_warnings_are_json_lines_and_scrubbed() -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream=stream, json=True)
+    logging.getLogger("httpx").warning("retrying for 010-1234-5678 at 2026-11-27 21:12:46")
+    logging.getLogger("apscheduler.scheduler").warning("skipped: maximum number of instances")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines == [{"event": "retrying for <phone> at 2026-11-27 21:12:46", "logger": "httpx",
+                      "level": "warning", "timestamp": lines[0]["timestamp"]}]

@@ -99,6 +99,9 @@ class Capture(Protocol):
     def position(self, ctx: CaptureContext) -> dict[str, object]:
         """Where the capture stands (for ``plan`` and ``status``), without changing anything."""
 
+    def starts_with_snapshot(self, ctx: CaptureContext) -> bool:
+        """Whether the next pass is a full snapshot (no position yet)."""
+
 
 _CHUNK = 5000
 

@@ -312,11 +312,15 @@ class OutboxCapture:
         out.commit = consume if ids else None
         return out
 
+    def starts_with_snapshot(self, ctx: CaptureContext) -> bool:
+        return ctx.state.get_cursor(CURSOR) is None
+
     def position(self, ctx: CaptureContext) -> dict[str, object]:
         n = self.check(ctx)
         rows = ctx.source.run(f"SELECT count(*), min(created_at) FROM {n.outbox}")
         depth, oldest = rows[0]
-        position: dict[str, object] = {"outbox_depth": int(depth), "oldest": str(oldest)}
+        position: dict[str, object] = {"outbox_depth": int(depth),
+                                       "oldest": None if oldest is None else str(oldest)}
         drift = watched_drift(ctx.source, n)
         if drift:
             position["triggers"] = (f"do not watch {', '.join(drift)}: run `syncer outbox "

@@ -145,6 +145,9 @@ class SnapshotCapture:
     def position(self, ctx: CaptureContext) -> dict[str, object]:
         return {}
 
+    def starts_with_snapshot(self, ctx: CaptureContext) -> bool:
+        return True
+
 
 def confirm_missing(ctx: CaptureContext, missing: list[ScanRow], out: Candidates) -> None:
     """Look the missing users up by key: the ones really gone are deletions, the others (an

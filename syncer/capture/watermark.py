@@ -277,6 +277,9 @@ class WatermarkCapture:
                                             "transaction of another role cannot be missed")
         return position
 
+    def starts_with_snapshot(self, ctx: CaptureContext) -> bool:
+        return ctx.state.get_cursor(CURSOR) is None
+
     def position(self, ctx: CaptureContext) -> dict[str, object]:
         stored = ctx.state.get_cursor(CURSOR)
         if stored is None:

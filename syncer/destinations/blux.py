@@ -30,7 +30,8 @@ def classify(answer: Answer, now_epoch: float) -> DeliveryError | None:
         return None
     if answer.status in (401, 403):
         return CredentialsRejected(
-            f"Blux refused the secret key ({answer.status}): check [blux] secret_key")
+            f"Blux refused the secret key ({answer.status}): check [blux] secret_key "
+            "(or secret_key_file)")
     if answer.status == 404:
         return CredentialsRejected(
             "Blux answered 404: check [blux] base_url and application_id")
