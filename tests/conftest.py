@@ -27,6 +27,18 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 SANDBOX = SandboxConfig()
 
+# The mapping of the test users table, for tests that write a config file.
+MAPPING_TOML = """[mapping.user_properties]
+phone_number = "phone"
+email_address = "email"
+marketing_notification_consent = "marketing"
+marketing_notification_sms_consent = "sms"
+
+[mapping.custom_user_properties]
+name = "name"
+points = "points"
+"""
+
 
 def _unavailable(what: str, exc: Exception) -> None:
     message = f"{what} is not reachable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"

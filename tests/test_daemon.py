@@ -28,6 +28,7 @@ from syncer.sdnotify import Notifier
 from syncer.source import Source
 
 from .conftest import (
+    MAPPING_TOML,
     SANDBOX,
     app_users,
     create_users_table,
@@ -106,16 +107,7 @@ interval_seconds = {interval}
 url = "{state_url}"
 key_file = "{tmp_path / 'fingerprint.key'}"
 
-[mapping.user_properties]
-phone_number = "phone"
-email_address = "email"
-marketing_notification_consent = "marketing"
-marketing_notification_sms_consent = "sms"
-
-[mapping.custom_user_properties]
-name = "name"
-points = "points"
-
+{MAPPING_TOML}
 [blux]
 base_url = "{server.blux_base_url}"
 application_id = "{SANDBOX.blux_application_id}"

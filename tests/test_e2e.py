@@ -14,7 +14,15 @@ import pytest
 
 from syncer.sandbox import Faults, SandboxApp, SandboxServer
 
-from .conftest import SANDBOX, app_users, create_users_table, execute, insert_users, user_row
+from .conftest import (
+    MAPPING_TOML,
+    SANDBOX,
+    app_users,
+    create_users_table,
+    execute,
+    insert_users,
+    user_row,
+)
 from .test_pipeline import expected_blux
 
 RATES = {"blux.update": 20, "blux.delete": 100, "nachocode.withdraw": 10}
@@ -36,16 +44,7 @@ soft_delete_column = "deleted_at"
 [state]
 url = "sqlite:///{tmp_path / 'state.db'}"
 
-[mapping.user_properties]
-phone_number = "phone"
-email_address = "email"
-marketing_notification_consent = "marketing"
-marketing_notification_sms_consent = "sms"
-
-[mapping.custom_user_properties]
-name = "name"
-points = "points"
-
+{MAPPING_TOML}
 [blux]
 base_url = "{server.blux_base_url}"
 application_id = "{SANDBOX.blux_application_id}"
