@@ -16,7 +16,7 @@ from syncer import fingerprint_key
 from syncer import lock as sender_lock
 from syncer.config import Config
 from syncer.errors import ConfigError, SyncerError
-from syncer.pipeline import PassResult, Progress, Runtime, plan_pass, run_pass, utcnow
+from syncer.pipeline import PassResult, Progress, Runtime, plan_pass, run_pass
 from syncer.state import PassRecord, ProblemRow, QuarantineRow, StateCounts
 from syncer.state.memory import MemoryStateStore
 from syncer.state.sql import SqlStateStore, create_state_engine, sqlite_path
@@ -250,6 +250,3 @@ def _position(config: Config) -> dict[str, object]:
     finally:
         rt.close()
 
-
-def now() -> dt.datetime:
-    return utcnow()

@@ -42,8 +42,6 @@ from syncer.destinations.nachocode import NachocodeWithdraw
 from syncer.errors import ConfigError, SafetyValveTripped, SyncerError
 from syncer.mapping import CONSENTS, Mapping
 from syncer.model import (
-    BLUX,
-    NACHOCODE,
     Endpoint,
     KeyKind,
     Op,
@@ -696,5 +694,4 @@ def plan_pass(rt: Runtime, *, reconcile: bool = False,
                              progress=progress).run())
 
 
-__all__ = ["BLUX", "NACHOCODE", "ConfigError", "PassResult", "Plan", "Runtime", "plan_pass",
-           "run_pass"]
+__all__ = ["PassResult", "Plan", "Runtime", "plan_pass", "run_pass"]

@@ -8,9 +8,8 @@ missing server is a failure.
 from __future__ import annotations
 
 import os
-import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,13 +181,6 @@ def execute(url: str, sql: str, params: Any = None) -> None:
     engine.dispose()
 
 
-def sqlite_users(path: Path, rows: list[dict[str, Any]]) -> None:
-    url = f"sqlite:///{path}"
-    create_users_table(url, key_type="INTEGER")
-    if rows:
-        insert_users(url, rows)
-
-
 # ----------------------------------------------------------------------------- configs
 
 
@@ -244,10 +236,3 @@ def app_users(url: str) -> dict[str, dict[str, Any]]:
     engine.dispose()
     return {str(r["id"]): dict(r) for r in rows if not r["deleted_at"]}
 
-
-def sqlite_exec(path: Path, sql: str, params: Any = ()) -> None:
-    with sqlite3.connect(path) as db:
-        db.execute(sql, params)
-
-
-Factory = Callable[..., Config]

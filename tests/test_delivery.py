@@ -31,7 +31,6 @@ from syncer.sandbox import Faults, SandboxApp, SandboxConfig, mock_transport
 from .conftest import SANDBOX
 
 FAST = RetryPolicy(max_attempts=5, initial=0.001, maximum=0.005, retry_after_max=0.005)
-MAPPING = Mapping.__new__(Mapping)
 
 
 def mapping() -> Mapping:
