@@ -48,7 +48,7 @@ def _source_problems(config: Config) -> list[str]:
     from syncer.source import Source
 
     try:
-        probe = Source(config.source, config.capture, Mapping(config.mapping, bytes(16)).columns,
+        probe = Source(config.source, config.capture, Mapping.for_config(config, bytes(16)).columns,
                        0, owners=config.column_owners())
     except ConfigError as exc:
         return exc.problems

@@ -103,6 +103,10 @@ class CaptureConfig(_Model):
     mode: CaptureMode = "snapshot"
     watermark_column: Identifier | None = None
     soft_delete_column: Identifier | None = None
+    # A column that changes when a key is reused by another person (created_at, date_joined):
+    # a change means the user was deleted and re-created, so the destinations forget the
+    # previous person before the new one is sent.
+    created_column: Identifier | None = None
     lookback_seconds: float = Field(default=300.0, ge=0)
     outbox_table: Identifier = "syncer_outbox"
     reconcile_cron: str | None = "0 4 * * *"
@@ -282,6 +286,8 @@ class Config(_Model):
         owners[self.source.primary_key] = "[source] primary_key"
         if self.capture.soft_delete_column:
             owners[self.capture.soft_delete_column] = "[capture] soft_delete_column"
+        if self.capture.created_column:
+            owners.setdefault(self.capture.created_column, "[capture] created_column")
         if self.capture.watermark_column and self.capture.mode == "watermark":
             owners[self.capture.watermark_column] = "[capture] watermark_column"
         return owners

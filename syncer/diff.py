@@ -36,50 +36,94 @@ _KIND = {
 
 
 def operations(record: UserRecord, state: UserState | None, mapping: Mapping,
-               destinations: Collection[str], *, retry_deletions: bool = False) -> list[Op]:
+               destinations: Collection[str], *, retry_deletions: bool = False,
+               send_unseen: bool = False) -> list[Op]:
     """What must be sent for this user so that every destination matches the source.
 
+    A deletion (a Blux delete, a nachocode withdrawal) is irreversible, so it is sent only for a
+    user the source once gave alive (``seen_alive``): a key that shows up deleted or absent
+    without that (a row deleted before syncer saw it, a join that lost its row for a moment) is
+    not a deletion of anyone syncer knows; :func:`unseen_deletion` tells the caller to report it.
+    ``send_unseen`` (the very first pass with ``initial_deletions = "send"``) sends those too.
+
+    A user re-created with the same key (``record.recreated``) is first deleted and withdrawn,
+    so that the new person does not inherit the previous one's fields; settling leaves it dirty
+    and the next pass sends the new person's profile whole.
+
     A quarantined update waits until the user's data changes. A quarantined deletion has no data
-    to change: ``retry_deletions`` (reconcile passes) tries it again."""
-    ops: list[Op] = []
+    to change, and a transient quarantine (5xx for that user alone) may pass by itself:
+    ``retry_deletions`` (reconcile passes) tries both again."""
     delivered = state.deliveries if state else {}
     quarantined = state.quarantine if state else {}
-    if BLUX in destinations:
-        blux = delivered.get(BLUX)
-        held = quarantined.get(BLUX)
-        if record.deleted:
-            if not (blux and blux.deleted) and not (
-                    not retry_deletions and _waits(held, DELETION_FINGERPRINT)):
-                ops.append(Op(Endpoint.BLUX_DELETE, record.user_id, priority=URGENT,
-                              reason="deleted in the source"))
-        elif record.payload is not None:
-            payload = record.payload
-            unchanged = (blux is not None and not blux.deleted
-                         and blux.fingerprint == payload.fingerprint)
-            if not unchanged and not _waits(held, payload.fingerprint):
-                if blux is None or blux.deleted:
-                    changed = None
-                    reason = "new" if blux is None else "back after a deletion"
-                else:
-                    changed = mapping.changed_fields(blux.field_tags, payload)
-                    reason = "changed"
-                urgent = mapping.is_consent_withdrawal(changed, payload)
-                ops.append(Op(Endpoint.BLUX_UPDATE, record.user_id, payload,
-                              URGENT if urgent else NORMAL, changed,
-                              "consent withdrawn" if urgent else reason))
-    if NACHOCODE in destinations and record.deleted:
-        nacho = delivered.get(NACHOCODE)
-        held = quarantined.get(NACHOCODE)
-        if not (nacho and nacho.deleted) and not (
-                not retry_deletions and _waits(held, DELETION_FINGERPRINT)):
-            ops.append(Op(Endpoint.NACHOCODE_WITHDRAW, record.user_id, priority=URGENT,
-                          reason="deleted in the source"))
+    seen = bool(state and state.seen_alive)
+    if record.deleted or (record.recreated and seen):
+        if not (seen or send_unseen):
+            return []
+        why = "deleted in the source" if record.deleted else (
+            "re-created with the same key: the previous person is deleted first")
+        return _deletions(record.user_id, delivered, quarantined, destinations,
+                          retry_deletions, why)
+    if BLUX not in destinations or record.payload is None:
+        return []
+    blux = delivered.get(BLUX)
+    held = quarantined.get(BLUX)
+    payload = record.payload
+    if blux is not None and not blux.deleted and blux.fingerprint == payload.fingerprint:
+        return []
+    if _waits(held, payload.fingerprint, retry_deletions):
+        return []
+    if blux is None or blux.deleted:
+        changed = None
+        reason = "new" if blux is None else "back after a deletion"
+    else:
+        changed = mapping.changed_fields(blux.field_tags, payload)
+        reason = "changed"
+    urgent = mapping.is_consent_withdrawal(changed, payload)
+    return [Op(Endpoint.BLUX_UPDATE, record.user_id, payload, URGENT if urgent else NORMAL,
+               changed, "consent withdrawn" if urgent else reason)]
+
+
+def _deletions(user_id: str, delivered: dict[str, Delivered],
+               quarantined: dict[str, Quarantine], destinations: Collection[str],
+               retry: bool, why: str) -> list[Op]:
+    ops: list[Op] = []
+    for dest, endpoint in ((BLUX, Endpoint.BLUX_DELETE), (NACHOCODE, Endpoint.NACHOCODE_WITHDRAW)):
+        done = delivered.get(dest)
+        if dest not in destinations or (done is not None and done.deleted):
+            continue
+        if _waits(quarantined.get(dest), DELETION_FINGERPRINT, retry):
+            continue
+        ops.append(Op(endpoint, user_id, priority=URGENT, reason=why))
     return ops
 
 
-def _waits(held: Quarantine | None, fingerprint: bytes) -> bool:
-    """Quarantined with exactly this content: it waits for the data to change."""
-    return held is not None and held.fingerprint == fingerprint
+def identity_changed(record: UserRecord, state: UserState | None) -> bool:
+    """``[capture] created_column`` holds another value than when the user was last seen:
+    another person now holds this key."""
+    return (state is not None and state.identity is not None and record.identity is not None
+            and state.identity != record.identity)
+
+
+def unseen_deletion(record: UserRecord, state: UserState | None) -> bool:
+    """A deletion of a user the source never gave alive: nothing is sent, it is reported."""
+    return record.deleted and not (state and state.seen_alive)
+
+
+def through_the_valve(state: UserState | None) -> bool:
+    """Whether this user's deletion already went through the safety valve in an earlier pass
+    (it was recorded as deleted and is still owed somewhere, or was carried out somewhere):
+    finishing it is not a new deletion. Anything else that would be sent counts."""
+    if state is None or not state.gone:
+        return False
+    return state.dirty or any(d.deleted for d in state.deliveries.values())
+
+
+def _waits(held: Quarantine | None, fingerprint: bytes, retry: bool = False) -> bool:
+    """Quarantined with exactly this content: it waits for the data to change (or, for a
+    deletion or a transient quarantine, for a reconcile pass when ``retry``)."""
+    if held is None or held.fingerprint != fingerprint:
+        return False
+    return not (retry and (held.transient or fingerprint == DELETION_FINGERPRINT))
 
 
 def settle(record: UserRecord, state: UserState | None, outcomes: Sequence[Outcome],
@@ -101,30 +145,33 @@ def settle(record: UserRecord, state: UserState | None, outcomes: Sequence[Outco
             if state and op.destination in state.quarantine:
                 quarantine_clear.append(op.destination)
         elif outcome.status is Status.QUARANTINED:
-            quarantine_set.append(Quarantine(op.destination, op.fingerprint, outcome.reason))
+            quarantine_set.append(Quarantine(op.destination, op.fingerprint, outcome.reason,
+                                             outcome.transient))
         else:
             dirty = True
-    if state and not record.deleted:
+    seen = bool(state and state.seen_alive)
+    if state and not record.deleted and not (record.recreated and seen):
         # Back in the source after a withdrawal: nachocode learns of the user again through the
         # app's SDK, there is nothing to send; forget the tombstone so a later deletion is sent.
         nacho = state.deliveries.get(NACHOCODE)
         if nacho is not None and nacho.deleted:
             deliveries[NACHOCODE] = None
-        # A quarantine that no longer matches any operation is stale once the user is settled.
     if state and record.deleted and not dirty:
         # A deleted user's pending update quarantine is moot.
         for dest, held in state.quarantine.items():
             if held.fingerprint != DELETION_FINGERPRINT and dest not in quarantine_clear:
                 quarantine_clear.append(dest)
-    if record.deleted:
-        # A quarantined deletion has no data that could change: the user stays "to look at",
-        # so reconcile passes (which retry deletions) find it.
-        still: dict[str, bytes] = {q.destination: q.fingerprint for q in quarantine_set}
-        if state:
-            for dest, kept in state.quarantine.items():
-                if dest not in quarantine_clear and dest not in deliveries:
-                    still.setdefault(dest, kept.fingerprint)
-        dirty = dirty or DELETION_FINGERPRINT in still.values()
+    # A quarantined deletion has no data that could change, and a transient quarantine may pass
+    # by itself: the user stays "to look at", so reconcile passes (which retry both) find it.
+    still = list(quarantine_set)
+    if state:
+        still += [kept for dest, kept in state.quarantine.items()
+                  if dest not in quarantine_clear and dest not in deliveries
+                  and all(q.destination != dest for q in quarantine_set)]
+    dirty = dirty or any(q.transient or (record.deleted and q.fingerprint == DELETION_FINGERPRINT)
+                         for q in still)
+    if record.recreated and seen and not record.deleted:
+        dirty = True   # the previous person was deleted this pass; the new one goes next pass
     row_hash = record.row_hash if not dirty else (state.row_hash if state else None)
     return UserWrite(
         user_id=record.user_id,
@@ -137,4 +184,32 @@ def settle(record: UserRecord, state: UserState | None, outcomes: Sequence[Outco
         quarantine_set=tuple(quarantine_set),
         quarantine_clear=tuple(quarantine_clear),
         problems=() if record.deleted else record.problems,
+        seen_alive=seen or not record.deleted,
+        identity=(state.identity if state else None) if record.deleted else record.identity,
+    )
+
+
+# What the quarantine keeps for a row the source cannot hand back whole: no payload was built,
+# so any readable version of the row (or its deletion) differs from it and is sent.
+UNREADABLE_FINGERPRINT = b"\xff" * 16
+
+
+def unreadable(record: UserRecord, state: UserState | None, destinations: Collection[str],
+               key_int: int | None, source_key: str | None) -> UserWrite:
+    """A row with a value the database cannot hand back (invalid UTF-8, a timestamp of
+    'infinity'): nothing is sent for it; it is quarantined at every destination with the reason
+    (never the value), and looked at again when the row changes."""
+    assert record.unreadable is not None
+    reason = f"the row cannot be read: {record.unreadable}"
+    return UserWrite(
+        user_id=record.user_id,
+        key_int=key_int,
+        source_key=source_key,
+        row_hash=record.row_hash,
+        gone=bool(state and state.gone),
+        dirty=False,
+        quarantine_set=tuple(Quarantine(dest, UNREADABLE_FINGERPRINT, reason)
+                             for dest in sorted(destinations)),
+        seen_alive=bool(state and state.seen_alive),
+        identity=state.identity if state else None,
     )

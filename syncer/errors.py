@@ -51,16 +51,19 @@ class SafetyValveTripped(SyncerError):
     """A pass would delete more than the configured share of the known users."""
 
     def __init__(self, deletions: int, known: int, fraction: float,
-                 at_least: bool = False) -> None:
+                 at_least: bool = False, sent: int = 0) -> None:
         self.deletions = deletions
         self.known = known
         self.fraction = fraction
         share = deletions / known if known else 1.0
         many = f"at least {deletions}" if at_least else str(deletions)
+        held = ("no deletion was sent" if not sent else
+                f"the pass stopped there ({sent} deletions and withdrawals within the limit "
+                "were sent)")
         super().__init__(
             f"safety valve: this pass would delete {many} of {known} known users "
             f"({'at least ' if at_least else ''}{share:.1%}, more than max_delete_fraction = "
-            f"{fraction:g}); nothing was sent. "
+            f"{fraction:g}); {held}. "
             "Check the source (a truncated table or a wrong query?); `syncer plan` counts them "
             "all; if the deletions are intended, run `syncer once --confirm`."
         )

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from syncer import normalize
-from syncer.config import MappingConfig
+from syncer.config import Config, MappingConfig
 from syncer.model import BluxPayload, FieldProblem, RawRow, UserRecord
 from syncer.normalize import Invalid, JsonScalar
 
@@ -43,18 +43,26 @@ def _canonical(value: object) -> bytes:
 class Mapping:
     """Builds :class:`UserRecord` values from raw rows for one mapping and one state salt."""
 
-    def __init__(self, config: MappingConfig, salt: bytes) -> None:
+    def __init__(self, config: MappingConfig, salt: bytes,
+                 created_column: str | None = None) -> None:
+        self.created_column = created_column
         self.user_properties = config.user_property_columns()
         self.custom_properties = dict(config.custom_user_properties)
         self.null_consents_false = config.null_consents == "false"
         self._config = config.model_dump(mode="json")
         self.columns = config.columns()
+        if created_column and created_column not in self.columns:
+            self.columns.append(created_column)
         self._salt = salt
         # Field order of the tags: every mapped field by display name, sorted.
         self.fields: tuple[str, ...] = tuple(
             sorted([*self.user_properties, *(f"custom.{k}" for k in self.custom_properties)])
         )
         self._layout = hashlib.blake2b(_canonical(self.fields), digest_size=2).digest()
+
+    @classmethod
+    def for_config(cls, config: Config, salt: bytes) -> Mapping:
+        return cls(config.mapping, salt, config.capture.created_column)
 
     def row_hash_seed(self, destinations: Iterable[str] = ()) -> int:
         """A 63-bit secret naming this key, mapping, normalisation and set of destinations:
@@ -66,15 +74,35 @@ class Mapping:
         return int.from_bytes(digest, "big") >> 1
 
     def record(self, row: RawRow) -> UserRecord:
-        """Raises :class:`normalize.Invalid` when the key cannot be a Blux user_id."""
+        """Raises :class:`normalize.Invalid` when the key cannot be a Blux user_id.
+
+        A row whose soft-delete column cannot be read is neither alive nor deleted: it comes
+        back with ``unreadable`` set and no payload. A mapped value that cannot be read is a
+        field problem like any value that cannot be normalised: left out and reported."""
         uid = normalize.user_id(row.key)
+        if row.unreadable:
+            return UserRecord(uid, row.key, row.row_hash, deleted=False,
+                              unreadable=f"{', '.join(row.unreadable)} holds a value the "
+                                         "database cannot hand back")
+        identity = self.identity(row.values) if row.values is not None else None
         if row.deleted or row.values is None:
-            return UserRecord(uid, row.key, row.row_hash, deleted=row.deleted)
+            return UserRecord(uid, row.key, row.row_hash, deleted=row.deleted, identity=identity)
         problems: list[FieldProblem] = []
         props = self._normalise(self.user_properties, row.values, problems, "")
         custom = self._normalise(self.custom_properties, row.values, problems, "custom.")
         return UserRecord(uid, row.key, row.row_hash, False, self.payload(props, custom),
-                          tuple(problems))
+                          tuple(problems), identity)
+
+    def identity(self, values: dict[str, object]) -> int | None:
+        """A keyed hash of ``[capture] created_column`` (None when not configured, NULL or
+        unreadable): when it changes for one key, another person now holds that key."""
+        if self.created_column is None:
+            return None
+        value = values.get(self.created_column)
+        if value is None or isinstance(value, normalize.Unreadable):
+            return None
+        digest = hashlib.blake2b(repr(value).encode(), key=self._salt, digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
 
     def _normalise(self, fields: dict[str, str], values: dict[str, object],
                    problems: list[FieldProblem], prefix: str) -> list[tuple[str, JsonScalar]]:

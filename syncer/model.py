@@ -40,6 +40,7 @@ class RawRow:
     row_hash: int | None
     deleted: bool
     values: dict[str, object] | None = None
+    unreadable: tuple[str, ...] = ()  # columns whose value the database could not hand back
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,9 @@ class UserRecord:
     deleted: bool
     payload: BluxPayload | None = None
     problems: tuple[FieldProblem, ...] = ()
+    identity: int | None = None   # keyed hash of [capture] created_column
+    recreated: bool = False       # the key was deleted and re-created since the last pass
+    unreadable: str | None = None  # why the row cannot be synced (a value it cannot read)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,7 @@ class Quarantine:
     destination: str
     fingerprint: bytes
     reason: str
+    transient: bool = False  # 5xx/timeouts for this user alone: reconcile passes try again
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,8 @@ class UserState:
     dirty: bool = False
     deliveries: dict[str, Delivered] = field(default_factory=dict)
     quarantine: dict[str, Quarantine] = field(default_factory=dict)
+    seen_alive: bool = False      # the source once gave this user alive
+    identity: int | None = None   # keyed hash of [capture] created_column as last seen
 
 
 class OpKind(enum.StrEnum):
@@ -155,6 +162,7 @@ class Outcome:
     op: Op
     status: Status
     reason: str = ""
+    transient: bool = False  # quarantined for 5xx/timeouts that only this user gets
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,3 +179,5 @@ class UserWrite:
     quarantine_set: tuple[Quarantine, ...] = ()
     quarantine_clear: tuple[str, ...] = ()
     problems: tuple[FieldProblem, ...] | None = None
+    seen_alive: bool = False
+    identity: int | None = None

@@ -21,6 +21,25 @@ class Invalid(ValueError):
     """The value cannot be normalised; the message says why without quoting it."""
 
 
+class Unreadable:
+    """Stands for a value the database could not hand back as a Python value (text that is not
+    valid UTF-8, a timestamp of 'infinity' or beyond year 9999). ``what`` says which kind, never
+    the value itself. Every normaliser refuses it; it never equals anything but itself."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"<unreadable {self.what}>"
+
+
+def _refuse_unreadable(raw: object) -> None:
+    if isinstance(raw, Unreadable):
+        raise Invalid(f"the database cannot hand back this value ({raw.what})")
+
+
 _PHONE_CHARS: Final = re.compile(r"^\+?[0-9\s().\-]+$")
 _DOMESTIC: Final = re.compile(r"^(?:0[0-9]{8,10}|1[5-9][0-9]{6})$")
 _EMAIL: Final = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
@@ -32,6 +51,8 @@ def user_id(raw: object) -> str:
     """The Blux ``user_id``: the key as a string, trimmed; empty is invalid."""
     if raw is None:
         raise Invalid("the key is NULL")
+    if isinstance(raw, Unreadable):
+        raise Invalid(f"the key cannot be read ({raw.what})")
     if isinstance(raw, bool):
         raise Invalid("the key is a boolean")
     if isinstance(raw, int | uuid.UUID):
@@ -53,6 +74,7 @@ def user_id(raw: object) -> str:
 
 def phone_number(raw: object) -> str:
     """Digits only, domestic form: ``+82 10-1234-5678``, ``010-1234-5678`` → ``01012345678``."""
+    _refuse_unreadable(raw)
     if isinstance(raw, bool) or not isinstance(raw, str | int):
         raise Invalid(f"a phone number must be text, not {type(raw).__name__}")
     text = unicodedata.normalize("NFKC", str(raw)).strip()
@@ -72,6 +94,7 @@ def phone_number(raw: object) -> str:
 
 
 def email_address(raw: object) -> str:
+    _refuse_unreadable(raw)
     if not isinstance(raw, str):
         raise Invalid(f"an e-mail address must be text, not {type(raw).__name__}")
     text = raw.strip()
@@ -85,6 +108,7 @@ def email_address(raw: object) -> str:
 
 def consent(raw: object) -> bool:
     """Booleans from booleans, 0/1, 'Y'/'N', 'true'/'false' (and BIT(1) bytes)."""
+    _refuse_unreadable(raw)
     if isinstance(raw, bool):
         return raw
     if isinstance(raw, int | Decimal) and raw in (0, 1):
@@ -103,6 +127,7 @@ def consent(raw: object) -> bool:
 
 def custom(raw: object) -> JsonScalar:
     """A JSON scalar: dates as ISO 8601 strings, decimals as numbers."""
+    _refuse_unreadable(raw)
     if isinstance(raw, bool | str):
         return raw
     if isinstance(raw, int):
@@ -129,15 +154,26 @@ def custom(raw: object) -> JsonScalar:
 
 
 _DATE_LIKE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}")
+# MySQL's "zero date" (NO_ZERO_DATE off): DATETIME NOT NULL DEFAULT '0000-00-00 00:00:00' is how
+# many schemas say "not set". The driver hands it back as text.
+_ZERO_DATE: Final = re.compile(r"^0000-00-00(?:[ T]00:00:00(?:\.0*)?)?$")
 _DELETED_WORDS: Final = _TRUE | {"deleted", "removed", "withdrawn"}
 
 
+def is_zero_date(raw: object) -> bool:
+    return isinstance(raw, str | bytes) and bool(_ZERO_DATE.match(
+        raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw.strip()))
+
+
 def is_deleted_flag(raw: object) -> bool:
-    """The soft-delete column: NULL, false, 0, '' and no-words mean alive; true, non-zero numbers,
-    yes-words, dates and timestamps mean deleted. Other text (a status such as 'active') is not
-    a deletion: a deletion cannot be undone, so it needs a clear signal."""
-    if raw is None or raw is False or raw in (0, ""):
+    """The soft-delete column: NULL, false, 0, '', zero dates and no-words mean alive; true,
+    non-zero numbers, yes-words, dates and timestamps mean deleted. Other text (a status such as
+    'active') is not a deletion: a deletion cannot be undone, so it needs a clear signal. A value
+    the database cannot hand back (:class:`Unreadable`) is for the caller to refuse first."""
+    if raw is None or raw is False or raw in (0, "") or is_zero_date(raw):
         return False
+    if isinstance(raw, Unreadable):
+        raise Invalid(f"the soft-delete column cannot be read ({raw.what})")
     if isinstance(raw, str):
         word = raw.strip().lower()
         return word in _DELETED_WORDS or bool(_DATE_LIKE.match(word))

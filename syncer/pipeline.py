@@ -98,7 +98,7 @@ class Runtime:
         except BaseException:
             self.state.close()
             raise
-        self.mapping = Mapping(config.mapping, key)
+        self.mapping = Mapping.for_config(config, key)
         self.senders = build_senders(config)
         self.destinations = frozenset(s.endpoint.destination for s in self.senders)
         self.row_hash_seed = self.mapping.row_hash_seed(self.destinations)
@@ -277,6 +277,16 @@ class _Work:
     source_key: str | None
     ops: list[Op]
     outcomes: list[Outcome] = field(default_factory=list)
+    write: UserWrite | None = None   # what to record when there is nothing to send
+
+    def settled(self) -> UserWrite:
+        return self.write or diff.settle(self.record, self.state, self.outcomes, self.key_int,
+                                         self.source_key)
+
+    @property
+    def deletes(self) -> bool:
+        """Whether this user's operations delete or withdraw anything."""
+        return any(op.endpoint is not Endpoint.BLUX_UPDATE for op in self.ops)
 
 
 class _Pass:
@@ -288,6 +298,10 @@ class _Pass:
         self.timed_out = False
         self.initial = False
         self.skip_history = False
+        self.send_unseen = False
+        self.recreated: set[object] = set()   # keys the capture saw deleted and re-created
+        self.new_deletions = 0               # deletions admitted through the safety valve
+        self.valve_limit = math.inf
         self.seen_keys: set[object] = set()   # source keys examined in this pass
         self.seen_uids: set[str] = set()      # and their user ids (for keys that are not ints)
         self.reconcile = reconcile
@@ -330,8 +344,7 @@ class _Pass:
             self.counts[f"pending:{op.endpoint}"] += 1
         if len(work.outcomes) == len(work.ops):
             del self.tracking[op.user_id]
-            self.writes.append(diff.settle(work.record, work.state, work.outcomes,
-                                           work.key_int, work.source_key))
+            self.writes.append(work.settled())
             self._recorded.set()
 
     # -- reading and diffing (worker thread)
@@ -375,29 +388,64 @@ class _Pass:
         if self.key_kind is not KeyKind.INT:   # distinct integers cannot share a user id
             self.seen_uids.update(records)
         states = rt.state.lookup(list(records))
-        out: list[_Work] = []
-        for uid, record in records.items():
-            state = states.get(uid)
-            if self.skip_history and record.deleted and state is None:
-                # Deleted before syncer ever ran: recorded as history, not sent.
-                self.counts["deleted_before_first_pass"] += 1
-                ops: list[Op] = []
-            else:
-                ops = diff.operations(record, state, rt.mapping, rt.destinations,
-                                      retry_deletions=self.kind == "reconcile")
-                self._note_cleared_consents(ops)
-            key = record.source_key
-            key_int = key if (self.key_kind is KeyKind.INT and type(key) is int
-                              and -(2**63) <= key < 2**63) else None
-            text = key if isinstance(key, str) else None
-            out.append(_Work(record, state, key_int, text if text != uid else None, ops))
-            if record.problems:
-                self.counts["field_problems"] += len(record.problems)
-                for problem in record.problems:
-                    self.counts[f"problem:{problem.field}"] += 1
-                    log.debug("mapping.field_problem", user_id=uid, field=problem.field,
-                              reason=problem.reason)
-        return out
+        return [self._diff(record, states.get(uid)) for uid, record in records.items()]
+
+    def _diff(self, record: UserRecord, state: UserState | None) -> _Work:
+        """What to send for one user (and what to record when nothing is)."""
+        rt = self.rt
+        uid = record.user_id
+        key = record.source_key
+        key_int = key if (self.key_kind is KeyKind.INT and type(key) is int
+                          and -(2**63) <= key < 2**63) else None
+        text = key if isinstance(key, str) and key != uid else None
+        if not record.deleted and (key in self.recreated or diff.identity_changed(record, state)):
+            record = replace(record, recreated=True)
+        work = _Work(record, state, key_int, text, [])
+        if record.unreadable is not None:
+            # Neither alive nor deleted as far as syncer can tell: nothing is sent for it.
+            self.counts["unreadable_rows"] += 1
+            log.warning("source.unreadable_row", user_id=uid, reason=record.unreadable)
+            work.write = diff.unreadable(record, state, rt.destinations, key_int, text)
+            return work
+        if self.skip_history and record.deleted and state is None:
+            # Deleted before syncer ever ran: recorded as history, not sent.
+            self.counts["deleted_before_first_pass"] += 1
+            return work
+        work.ops = diff.operations(record, state, rt.mapping, rt.destinations,
+                                   retry_deletions=self.kind == "reconcile",
+                                   send_unseen=self.send_unseen)
+        if not work.ops and diff.unseen_deletion(record, state) and not self.send_unseen:
+            self.counts["deletions_not_sent"] += 1
+            log.warning("diff.unseen_deletion", user_id=uid,
+                        reason="deleted or gone in the source, but never seen alive: nothing "
+                               "is deleted or withdrawn for it")
+        if record.recreated and work.deletes:
+            self.more = True   # the new person is sent by the next pass, right away
+            self.counts["recreated"] += 1
+            log.info("diff.recreated", user_id=uid,
+                     hint="the previous person is deleted and withdrawn first; the new one is "
+                          "sent whole at the next pass")
+        self._note_cleared_consents(work.ops)
+        if record.problems:
+            self.counts["field_problems"] += len(record.problems)
+            for problem in record.problems:
+                self.counts[f"problem:{problem.field}"] += 1
+                log.debug("mapping.field_problem", user_id=uid, field=problem.field,
+                          reason=problem.reason)
+        return work
+
+    def admit(self, works: Sequence[_Work]) -> None:
+        """The safety valve, on what would really be sent: every deletion or withdrawal of a
+        user whose deletion has not already been through the valve (whatever the capture's
+        cheaper count said). Raises before any of ``works`` is sent."""
+        fresh = sum(1 for w in works if w.deletes and not diff.through_the_valve(w.state))
+        self.new_deletions += fresh
+        self.plan.known_deletions = max(self.plan.known_deletions, self.new_deletions)
+        if fresh and self.new_deletions > self.valve_limit and not self.confirm \
+                and not self.dry_run:
+            raise SafetyValveTripped(self.new_deletions, self.plan.known_users,
+                                     self.rt.config.capture.max_delete_fraction,
+                                     sent=self.counts["deleted"] + self.counts["withdrawn"])
 
     async def _apply_requests(self) -> None:
         """What `syncer retry`/`resync` asked while this instance was sending."""
@@ -435,10 +483,12 @@ class _Pass:
 
     # -- the flow
 
-    def segments(self, found: Candidates) -> Iterator[list[object]]:
-        """Deletions first, then changes, in chunks of ``[source] chunk_size`` keys."""
+    def segments(self, found: Candidates, *, deletions: bool) -> Iterator[list[object]]:
+        """The deletions (absent or soft-deleted keys), or the changes, in chunks of
+        ``[source] chunk_size`` keys."""
         size = self.rt.config.source.chunk_size
-        keys = itertools.chain(found.absent, found.deleted, found.changed)
+        keys = (itertools.chain(found.absent, found.deleted) if deletions
+                else iter(found.changed))
         while chunk := list(itertools.islice(keys, size)):
             yield chunk
 
@@ -509,7 +559,9 @@ class _Pass:
         fraction = rt.config.capture.max_delete_fraction
         limit = max(float(rt.config.capture.max_delete_floor), fraction * known)
         self.skip_history = self.initial and rt.config.capture.initial_deletions == "skip"
-        ctx = replace(rt.ctx, count_unknown_deletions=not self.skip_history,
+        self.send_unseen = self.initial and rt.config.capture.initial_deletions == "send"
+        self.valve_limit = limit
+        ctx = replace(rt.ctx, count_unknown_deletions=self.send_unseen,
                       valve_limit=None if self.confirm or self.dry_run else limit, beat=rt.beat,
                       stopping=self.stop.is_set)
         self._progress("capture", 0, None)
@@ -521,12 +573,15 @@ class _Pass:
             return "stopped", "stopped during the capture; nothing was sent"
         if found.reconcile:
             self.kind = "reconcile"
+        if self.initial and found.reconcile:
+            _refuse_a_soft_delete_that_deletes_everyone(rt.config, found)
         self.more = found.more
         self.counts["scanned"] = found.scanned
         self.counts["candidates"] = found.total
         for key, reason in found.invalid:
             self._invalid_key(key, reason)
         self.plan.known_users, self.plan.known_deletions = known, found.deletions
+        self.recreated = set(found.recreated)
         self.plan.valve_limit, self.plan.position = limit, dict(found.position)
         if found.deletions > limit and not self.confirm and not self.dry_run:
             raise SafetyValveTripped(found.deletions, known, fraction)
@@ -592,25 +647,40 @@ class _Pass:
             self.deliverer.stop_accepting()
 
     async def _feed(self, found: Candidates) -> None:
+        """Deletions first, all examined and weighed by the safety valve before any is sent;
+        then changes, a chunk at a time, each weighed before it is sent (a re-created user is a
+        deletion too)."""
         rt = self.rt
         assert self.deliverer is not None
         size = rt.config.source.chunk_size
         done = 0
-        for keys in self.segments(found):
+        deletions: list[_Work] = []
+        for keys in self.segments(found, deletions=True):
+            deletions += await rt.in_source(self.examine, keys)
+            done += len(keys)
+        self.admit(deletions)
+        self._submit(deletions)
+        for keys in self.segments(found, deletions=False):
             if self.stop.is_set() or self.timed_out:
                 break
-            for work in await rt.in_source(self.examine, keys):
-                if not work.ops:
-                    self.counts["unchanged"] += 1
-                    self.writes.append(diff.settle(work.record, work.state, [], work.key_int,
-                                                   work.source_key))
-                    continue
-                self.tracking[work.record.user_id] = work
-                self.deliverer.submit(work.ops)
+            works = await rt.in_source(self.examine, keys)
+            self.admit(works)
+            self._submit(works)
             done += len(keys)
             self._progress("deliver", done, found.total)
-            self._recorded.set()
             await self.deliverer.wait_below(2 * size)
+
+    def _submit(self, works: Sequence[_Work]) -> None:
+        assert self.deliverer is not None
+        for work in works:
+            if not work.ops:
+                if work.write is None:
+                    self.counts["unchanged"] += 1
+                self.writes.append(work.settled())
+                continue
+            self.tracking[work.record.user_id] = work
+            self.deliverer.submit(work.ops)
+        self._recorded.set()
 
     async def _record(self) -> None:
         """Write outcomes to the state as they arrive (one transaction per burst), so that a
@@ -639,9 +709,13 @@ class _Pass:
     async def _plan(self, found: Candidates) -> None:
         rt = self.rt
         done = 0
-        for keys in self.segments(found):
-            for work in await rt.in_source(self.examine, keys):
-                if not work.ops:
+        chunks = itertools.chain(self.segments(found, deletions=True),
+                                 self.segments(found, deletions=False))
+        for keys in chunks:
+            works = await rt.in_source(self.examine, keys)
+            self.admit(works)
+            for work in works:
+                if not work.ops and work.write is None:
                     self.counts["unchanged"] += 1
                 for op in work.ops:
                     self.plan.ops[str(op.endpoint)] += 1
@@ -660,6 +734,27 @@ class _Pass:
     def _progress(self, phase: str, done: int, total: int | None) -> None:
         if self.progress is not None:
             self.progress(phase, done, total)
+
+
+# A soft-delete column that says nearly every row is deleted is read the wrong way (a "not set"
+# marker such as MySQL's zero date, a column that is never NULL): the first pass would record
+# everyone as deleted. Refused, with the reason, before anything is recorded.
+_ALL_DELETED_SHARE: Final = 0.99
+_ALL_DELETED_MIN_ROWS: Final = 10
+
+
+def _refuse_a_soft_delete_that_deletes_everyone(config: Config, found: Candidates) -> None:
+    deleted = len(found.deleted)
+    if found.scanned < _ALL_DELETED_MIN_ROWS or deleted < _ALL_DELETED_SHARE * found.scanned:
+        return
+    column = config.capture.soft_delete_column
+    raise ConfigError(
+        f"[capture] soft_delete_column = {column!r} says {deleted} of {found.scanned} rows are "
+        "deleted: that looks like a column read the wrong way, not a user base. It means "
+        "deleted when it holds a date or timestamp, true, a non-zero number or a yes-word; "
+        "NULL, false, 0, a zero date and other text mean alive. Check the column (or point "
+        "soft_delete_column at the right one) before the first pass records everyone as "
+        "deleted.")
 
 
 def _uid(key: object) -> str | None:

@@ -27,7 +27,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchTableError, SQLAlchemyError
 from syncer.config import CaptureConfig, SourceConfig
 from syncer.errors import ConfigError, SourceError
 from syncer.model import KeyKind, RawRow
-from syncer.normalize import is_deleted_flag
+from syncer.normalize import Invalid, Unreadable, is_deleted_flag, is_zero_date
 from syncer.secret import redact_url, scrub
 
 _READ_CHUNK: Final = 1000
@@ -60,9 +60,81 @@ def create_source_engine(url: str) -> Engine:
     else:
         kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30},
                   "hide_parameters": True}
+    if backend in ("mysql", "mariadb"):
+        kwargs["connect_args"]["conv"] = _mysql_conversions()
     engine = create_engine(parsed, **kwargs)
     event.listen(engine, "connect", _session_limits(backend))
+    event.listen(engine, "connect", _readable_values(backend))
     return engine
+
+
+# ----------------------------------------------------------------------------- odd values
+# A value the driver cannot turn into a Python value must cost only its own row, not the whole
+# read: it is handed on as :class:`normalize.Unreadable` (which names its kind, never the value).
+
+
+def _mysql_conversions() -> dict[int, Any]:
+    """PyMySQL's decoders, with MySQL's zero dates ('0000-00-00 00:00:00': "not set" in many
+    schemas) as NULL instead of the text PyMySQL hands back for them."""
+    import pymysql.converters as conv
+    from pymysql.constants import FIELD_TYPE
+
+    def date_or_none(decode: Any) -> Any:
+        def convert(value: Any) -> Any:
+            result = decode(value)
+            return None if isinstance(result, str) and is_zero_date(result) else result
+        return convert
+
+    decoders = dict(conv.decoders)
+    for field_type in (FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP, FIELD_TYPE.DATE):
+        decoders[field_type] = date_or_none(decoders[field_type])
+    out: dict[Any, Any] = dict(conv.conversions)
+    out.update(decoders)
+    return out
+
+
+def _sqlite_text(data: bytes) -> object:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return Unreadable("text that is not valid UTF-8")
+
+
+def _pg_loaders() -> list[tuple[str, Any]]:
+    """Loaders for PostgreSQL's dates and timestamps that hand 'infinity', '-infinity' and years
+    outside 1..9999 on as Unreadable instead of failing the whole result."""
+    import psycopg
+    from psycopg.types import datetime as pdt
+
+    out: list[tuple[str, Any]] = []
+    for name, base in (("timestamp", pdt.TimestampLoader), ("timestamptz", pdt.TimestamptzLoader),
+                       ("date", pdt.DateLoader), ("timestamp", pdt.TimestampBinaryLoader),
+                       ("timestamptz", pdt.TimestamptzBinaryLoader),
+                       ("date", pdt.DateBinaryLoader)):
+
+        class Safe(base):  # type: ignore[valid-type,misc]
+            def load(self, data: Any) -> Any:
+                try:
+                    return super().load(data)
+                except psycopg.DataError:
+                    return Unreadable(f"a {self._kind} outside the years 1 to 9999 "
+                                      "(such as 'infinity')")
+
+        Safe._kind = name
+        out.append((name, Safe))
+    return out
+
+
+def _readable_values(backend: str) -> Any:
+    loaders = _pg_loaders() if backend == "postgresql" else []
+
+    def apply(dbapi_conn: Any, _record: Any) -> None:
+        if backend == "sqlite":
+            dbapi_conn.text_factory = _sqlite_text
+        for name, loader in loaders:
+            dbapi_conn.adapters.register_loader(name, loader)
+
+    return apply
 
 
 # The reader never waits long for a lock (a migration holding the table) and never runs a
@@ -293,14 +365,19 @@ class Source:
                 if expr is not None:
                     row_hash = self._row_hash
                     for key, h, soft in result:
-                        yield RawRow(key, row_hash(h), is_deleted_flag(soft))
+                        if soft is None:
+                            yield RawRow(key, row_hash(h), False)
+                        else:
+                            deleted, unreadable = self._soft_flag(soft)
+                            yield RawRow(key, row_hash(h), deleted, None, unreadable)
                 else:
                     seed = self.seed
                     for row in result:
                         values = tuple(row[2:])
                         soft = row[1]
+                        deleted, unreadable = self._soft_flag(soft)
                         yield RawRow(row[0], py_row_hash(seed, row[0], (*values, soft)),
-                                     is_deleted_flag(soft))
+                                     deleted, None, unreadable)
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot scan {self.description}: {describe_error(exc)}") from exc
 
@@ -344,8 +421,17 @@ class Source:
         mapped = row[3:3 + len(self.columns)]
         soft = row[2]
         h = self._row_hash(row[1]) if db_hash else py_row_hash(self.seed, row[0], (*mapped, soft))
-        return RawRow(row[0], h, is_deleted_flag(soft),
-                      dict(zip(self.columns, mapped, strict=True)) if values else None)
+        deleted, unreadable = self._soft_flag(soft)
+        return RawRow(row[0], h, deleted,
+                      dict(zip(self.columns, mapped, strict=True)) if values else None,
+                      unreadable)
+
+    def _soft_flag(self, value: object) -> tuple[bool, tuple[str, ...]]:
+        """(deleted, unreadable columns) from the soft-delete column's value."""
+        try:
+            return is_deleted_flag(value), ()
+        except Invalid:
+            return False, (self.soft_delete or "soft_delete_column",)
 
     def read(self, keys: Sequence[object], *, values: bool = True) -> list[RawRow]:
         """The current rows for these keys (with their mapped values unless ``values`` is

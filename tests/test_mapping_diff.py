@@ -138,11 +138,13 @@ rows = st.dictionaries(
 def test_replaying_the_operations_rebuilds_the_source(snapshots: list[dict[int, Any]],
                                                        failures: list[bool]) -> None:
     """Passes over random snapshots, some with every user's first operation failing, then one
-    clean pass: the destination built from the operations equals the source."""
+    clean pass: the destination built from the operations equals the source; every deleted user
+    that was ever alive is withdrawn, and nobody else ever is."""
     m = Mapping(CONFIG, SALT)
     store = MemoryStateStore()
     blux: dict[str, dict[str, Any]] = {}
     withdrawn: set[str] = set()
+    ever_alive: set[str] = set()
 
     def one_pass(snapshot: dict[int, Any], fail: bool, n: int) -> dict[str, UserRecord]:
         records = {str(k): (record(m, k, **v) if v is not None
@@ -151,6 +153,7 @@ def test_replaying_the_operations_rebuilds_the_source(snapshots: list[dict[int, 
         for uid in {r.user_id for r in store.scan(KeyKind.INT)} - set(records):
             records[uid] = UserRecord(uid, int(uid), None, deleted=True)
         states = store.lookup(list(records))
+        ever_alive.update(uid for uid, r in records.items() if not r.deleted)
         writes = []
         for uid, r in records.items():
             outcomes = []
@@ -178,4 +181,5 @@ def test_replaying_the_operations_rebuilds_the_source(snapshots: list[dict[int, 
     for uid, r in alive.items():
         assert r.payload is not None
         assert blux[uid] == r.payload.body(uid)
-    assert {uid for uid, r in records.items() if r.deleted} <= withdrawn
+    assert {uid for uid, r in records.items() if r.deleted} & ever_alive <= withdrawn
+    assert withdrawn <= ever_alive

@@ -259,10 +259,16 @@ def test_rows_deleted_before_the_first_pass(tmp_path: Path, sandbox_app: Sandbox
     # history is recorded once: later passes neither send it nor count it again
     again = once(config, sandbox_app)
     assert requests(again) == {} and "deleted_before_first_pass" not in again.counts
-    # a user deleted after the first pass is always sent, even one syncer never saw alive
+    # after the first pass, a row that shows up already deleted was never seen alive: it is
+    # nobody syncer knows, so nothing irreversible is sent for it; it is reported instead
     insert_users(src, [user_row(500, deleted_at="2026-11-27")])
     later = once(config, sandbox_app)
-    assert later.counts["deleted"] == 1 and later.counts["withdrawn"] == 1
+    assert requests(later) == {} and later.counts["deletions_not_sent"] == 1
+    assert "500" not in sandbox_app.snapshot()["withdrawn_user_ids"]
+    # and a user seen alive, then deleted, is deleted and withdrawn as always
+    execute(src, "UPDATE users SET deleted_at = '2026-12-01' WHERE id = 40")
+    deleted = once(config, sandbox_app)
+    assert deleted.counts["deleted"] == 1 and deleted.counts["withdrawn"] == 1
 
 
 def test_the_state_alone_reveals_no_personal_data(tmp_path: Path,

@@ -39,15 +39,17 @@ class Candidates:
     position: dict[str, object] = field(default_factory=dict)
     commit: Callable[[], None] | None = None               # run after the results are recorded
     reconcile: bool = False
+    recreated: set[object] = field(default_factory=set)  # keys deleted and re-created since
 
     @property
     def total(self) -> int:
         return len(self.deleted) + len(self.absent) + len(self.changed)
 
     def count_deletion(self, ctx: CaptureContext, state: ScanRow | None) -> None:
-        """Weigh one deletion for the safety valve: a user the state has alive, or one it never
-        saw (unless this first pass records those as history). A user already deleted at the
-        source (held back at one destination) is not counted again."""
+        """Weigh one deletion for the safety valve, early and cheaply (the pass weighs what it
+        really sends again before sending it): a user the state has alive, or one it never saw
+        when the first pass sends those too. A user the state already has deleted is left to
+        the pass's exact count."""
         if state is None:
             self.deletions += ctx.count_unknown_deletions
         elif not state.gone:

@@ -179,7 +179,7 @@ def uninstall_sql(n: OutboxNames, q: Callable[[str], str]) -> list[str]:
 
 
 def _source_for(config: Config) -> Source:
-    mapping = Mapping(config.mapping, bytes(16))  # only its columns are needed here
+    mapping = Mapping.for_config(config, bytes(16))  # only its columns are needed here
     return Source(config.source, config.capture, mapping.columns, 0,
                   engine=create_source_engine(config.source.url))
 

@@ -20,9 +20,12 @@ class _User:
     dirty: bool
     updated_at: dt.datetime
     dirty_since: dt.datetime | None = None
+    seen_alive: bool = False
+    identity: int | None = None
     deliveries: dict[str, tuple[Delivered, dt.datetime]] = field(default_factory=dict)
     quarantine: dict[str, QuarantineRow] = field(default_factory=dict)
     q_fingerprints: dict[str, bytes] = field(default_factory=dict)
+    q_transient: dict[str, bool] = field(default_factory=dict)
     problems: dict[str, ProblemRow] = field(default_factory=dict)
 
 
@@ -99,7 +102,9 @@ class MemoryStateStore:
             out[uid] = UserState(
                 uid, u.row_hash, u.gone, u.dirty,
                 {d: entry[0] for d, entry in u.deliveries.items()},
-                {d: Quarantine(d, u.q_fingerprints[d], q.reason) for d, q in u.quarantine.items()},
+                {d: Quarantine(d, u.q_fingerprints[d], q.reason, u.q_transient.get(d, False))
+                 for d, q in u.quarantine.items()},
+                u.seen_alive, u.identity,
             )
         return out
 
@@ -139,6 +144,7 @@ class MemoryStateStore:
             u.key_int, u.source_key, u.row_hash = w.key_int, w.source_key, w.row_hash
             u.dirty_since = (u.dirty_since if u.dirty else None) or now if w.dirty else None
             u.gone, u.dirty, u.updated_at = w.gone, w.dirty, now
+            u.seen_alive, u.identity = w.seen_alive, w.identity
             for dest, d in w.deliveries.items():
                 if d is None:
                     u.deliveries.pop(dest, None)
@@ -151,9 +157,11 @@ class MemoryStateStore:
                     q.destination, w.user_id, q.reason, old.since if old and same else now, now,
                     (old.attempts + 1) if old else 1)
                 u.q_fingerprints[q.destination] = q.fingerprint
+                u.q_transient[q.destination] = q.transient
             for dest in w.quarantine_clear:
                 u.quarantine.pop(dest, None)
                 u.q_fingerprints.pop(dest, None)
+                u.q_transient.pop(dest, None)
             if w.problems is not None:
                 u.problems = {
                     p.field: (u.problems.get(p.field) and replace(u.problems[p.field],
@@ -221,6 +229,7 @@ class MemoryStateStore:
             if u.quarantine:
                 u.quarantine.clear()
                 u.q_fingerprints.clear()
+                u.q_transient.clear()
                 u.dirty, u.row_hash = True, None
                 u.dirty_since = u.dirty_since or dt.datetime.now(dt.UTC).replace(tzinfo=None)
         return count

@@ -37,6 +37,8 @@ users = Table(
     Column("first_seen", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
     Column("dirty_since", DateTime, nullable=True),   # 0002
+    Column("seen_alive", Boolean, nullable=False),    # 0003: the source once gave it alive
+    Column("identity", BigInteger, nullable=True),    # 0003: hash of [capture] created_column
 )
 Index("ix_syncer_users_key_int", users.c.key_int, users.c.user_id, users.c.row_hash,
       users.c.gone, users.c.dirty)
@@ -62,6 +64,7 @@ quarantine = Table(
     Column("since", DateTime, nullable=False),
     Column("last_attempt", DateTime, nullable=False),
     Column("attempts", Integer, nullable=False),
+    Column("transient", Boolean, nullable=False),     # 0003: 5xx/timeouts for this user alone
 )
 
 problems = Table(

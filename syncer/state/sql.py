@@ -270,7 +270,8 @@ class SqlStateStore:
                 for row in conn.execute(select(t.users).where(t.users.c.user_id.in_(part))):
                     base[row.user_id] = {"row_hash": row.row_hash, "gone": bool(row.gone),
                                          "dirty": bool(row.dirty), "deliveries": {},
-                                         "quarantine": {}}
+                                         "quarantine": {}, "seen_alive": bool(row.seen_alive),
+                                         "identity": row.identity}
                 for d in conn.execute(select(t.deliveries).where(
                         t.deliveries.c.user_id.in_(part))):
                     entry = base.setdefault(d.user_id, _blank())
@@ -280,7 +281,7 @@ class SqlStateStore:
                         t.quarantine.c.user_id.in_(part))):
                     entry = base.setdefault(q.user_id, _blank())
                     entry["quarantine"][q.destination] = Quarantine(
-                        q.destination, q.fingerprint, q.reason)
+                        q.destination, q.fingerprint, q.reason, bool(q.transient))
             return {uid: UserState(uid, **fields) for uid, fields in base.items()}
 
         return dict(self._run("lookup", get))
@@ -345,12 +346,13 @@ class SqlStateStore:
             "user_id": w.user_id, "key_int": w.key_int, "source_key": w.source_key,
             "row_hash": w.row_hash, "gone": w.gone, "dirty": w.dirty,
             "first_seen": now, "updated_at": now, "dirty_since": now if w.dirty else None,
+            "seen_alive": w.seen_alive, "identity": w.identity,
         } for w in writes]
         ins: Any = (postgresql.insert(t.users) if self._dialect == "postgresql"
                     else sqlite.insert(t.users))
         columns: dict[str, Any] = {c: ins.excluded[c] for c in
                                    ("key_int", "source_key", "row_hash", "gone", "dirty",
-                                    "updated_at")}
+                                    "updated_at", "seen_alive", "identity")}
         # still waiting: since when it first waited, not since the last attempt
         columns["dirty_since"] = case(
             (ins.excluded.dirty, func.coalesce(t.users.c.dirty_since, ins.excluded.dirty_since)),
@@ -371,7 +373,8 @@ class SqlStateStore:
                                       "deleted": d.deleted, "delivered_at": now})
             q_set += [{"destination": q.destination, "user_id": w.user_id,
                        "fingerprint": q.fingerprint, "reason": q.reason, "since": now,
-                       "last_attempt": now, "attempts": 1} for q in w.quarantine_set]
+                       "last_attempt": now, "attempts": 1, "transient": q.transient}
+                      for q in w.quarantine_set]
             q_clear += [(dest, w.user_id) for dest in w.quarantine_clear]
         self._upsert(conn, t.deliveries, delivered, ["destination", "user_id"])
         self._delete_pairs(conn, t.deliveries, forgotten)
@@ -383,6 +386,7 @@ class SqlStateStore:
                           else_=qins.excluded.since),
             "fingerprint": qins.excluded.fingerprint,
             "reason": qins.excluded.reason,
+            "transient": qins.excluded.transient,
             "last_attempt": qins.excluded.last_attempt,
             "attempts": q.attempts + 1,
         })
@@ -539,5 +543,6 @@ def _waiting() -> Any:
 
 
 def _blank() -> dict[str, Any]:
-    return {"row_hash": None, "gone": False, "dirty": False, "deliveries": {}, "quarantine": {}}
+    return {"row_hash": None, "gone": False, "dirty": False, "deliveries": {}, "quarantine": {},
+            "seen_alive": False, "identity": None}
 

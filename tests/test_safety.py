@@ -1,0 +1,190 @@
+"""Nothing wrong is ever sent: deletions only of users syncer saw alive, zero dates, re-created
+users, odd values a real database hands back, and the safety valve on what is really sent."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from syncer import logs
+from syncer.errors import ConfigError
+from syncer.sandbox import SandboxApp
+from syncer.state.sql import SqlStateStore
+
+from .conftest import create_users_table, execute, insert_users, make_config, user_row
+from .test_pipeline import once, requests
+
+# ----------------------------------------------------------------------------- zero dates
+
+
+def test_mysql_zero_dates_mean_not_deleted(mysql_url: str, tmp_path: Path,
+                                           sandbox_app: SandboxApp) -> None:
+    """`deleted_at DATETIME NOT NULL DEFAULT '0000-00-00 00:00:00'`: the driver hands the zero
+    date back as text; it means "not set", never "deleted"."""
+    engine = sa.create_engine(mysql_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("SET SESSION sql_mode = ''"))
+        conn.execute(sa.text("""CREATE TABLE users (
+            id BIGINT PRIMARY KEY, name VARCHAR(100), phone VARCHAR(40), email VARCHAR(200),
+            marketing INTEGER, sms VARCHAR(8), points NUMERIC(12, 2),
+            deleted_at DATETIME NOT NULL DEFAULT '0000-00-00 00:00:00')"""))
+        conn.execute(sa.text(
+            "INSERT INTO users (id, name, phone, email, marketing, sms, points) VALUES "
+            "(:id, :name, :phone, :email, :marketing, :sms, :points)"),
+            [{k: v for k, v in user_row(i).items() if k not in ("touched", "deleted_at")}
+             for i in range(1, 101)])
+    engine.dispose()
+    config = make_config(mysql_url, f"sqlite:///{tmp_path / 'state.db'}")
+
+    first = once(config, sandbox_app)
+    assert first.outcome == "ok", first.message
+    assert first.counts["updated"] == 100
+    assert "deleted_before_first_pass" not in first.counts
+
+    execute(mysql_url, "UPDATE users SET name = 'renamed' WHERE id <= 8")
+    second = once(config, sandbox_app)
+    assert second.counts["updated"] == 8
+    assert requests(second) == {"blux.update": 1}
+
+    execute(mysql_url, "UPDATE users SET deleted_at = NOW() WHERE id = 3")
+    third = once(config, sandbox_app)
+    assert third.counts["deleted"] == 1 and third.counts["withdrawn"] == 1
+    assert sandbox_app.snapshot()["withdrawn_user_ids"] == ["3"]
+
+
+def test_a_soft_delete_column_that_deletes_everyone_is_refused(tmp_path: Path,
+                                                              sandbox_app: SandboxApp) -> None:
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    insert_users(src, [user_row(i, deleted_at="0001-01-01") for i in range(1, 51)])
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    config = make_config(src, state)
+    with pytest.raises(ConfigError) as caught:
+        once(config, sandbox_app)
+    assert "soft_delete_column = 'deleted_at' says 50 of 50 rows are deleted" in str(caught.value)
+    store = SqlStateStore.from_url(state)
+    try:
+        assert not store.has_users()          # nothing was recorded as deleted
+    finally:
+        store.close()
+    assert requests_made(sandbox_app) == 0
+
+
+def requests_made(app: SandboxApp) -> int:
+    snap = app.snapshot()
+    return sum(int(v["total"]) for v in snap["requests"].values())  # type: ignore[index]
+
+
+# ----------------------------------------------------------------------------- the valve
+
+
+def test_the_valve_counts_what_would_be_sent_whatever_the_state_says(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    """A state that (wrongly, as an older version could record it) says users are already
+    deleted, while Blux still holds them: deleting them now is a deletion like any other."""
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    insert_users(src, [user_row(i) for i in range(1, 201)])
+    state = tmp_path / "state.db"
+    config = make_config(src, f"sqlite:///{state}")
+    assert once(config, sandbox_app).outcome == "ok"
+    execute(f"sqlite:///{state}", "UPDATE syncer_users SET gone = 1 WHERE CAST(user_id AS "
+                                  "INTEGER) <= 60")
+    execute(src, "UPDATE users SET deleted_at = '2026-12-04' WHERE id <= 60")
+
+    tripped = once(config, sandbox_app)
+    assert tripped.outcome == "valve", tripped.message
+    assert "would delete 60 of" in (tripped.message or "")
+    assert requests(tripped) == {}
+    assert len(sandbox_app.snapshot()["users"]) == 200
+
+    confirmed = once(config, sandbox_app, confirm=True)
+    assert confirmed.counts["deleted"] == 60 and confirmed.counts["withdrawn"] == 60
+
+
+def test_a_mass_recreation_is_weighed_by_the_valve(tmp_path: Path,
+                                                   sandbox_app: SandboxApp) -> None:
+    """A table restored from a backup with new creation times: every user "re-created" would
+    mean a mass deletion and withdrawal; the valve stops it before any is sent."""
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    execute(src, "ALTER TABLE users ADD COLUMN created_at VARCHAR(40)")
+    insert_users(src, [user_row(i, created_at="2026-01-01 10:00:00") for i in range(1, 101)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}",
+                         capture={"created_column": "created_at"})
+    assert once(config, sandbox_app).outcome == "ok"
+    execute(src, "UPDATE users SET created_at = '2026-12-04 00:00:00'")
+    tripped = once(config, sandbox_app)
+    assert tripped.outcome == "valve", tripped.message
+    assert requests(tripped) == {}
+
+
+# ----------------------------------------------------------------------------- never seen alive
+
+
+def test_a_user_never_seen_alive_is_never_withdrawn(source_url: str, tmp_path: Path,
+                                                    sandbox_app: SandboxApp) -> None:
+    """Outbox mode: a key shows up in the outbox but its row is gone and nothing was ever
+    delivered for it (created and deleted between passes, or a view that lost its row for a
+    moment): no Blux delete, no nachocode withdrawal; it is reported."""
+    from syncer.capture import outbox as ob
+
+    create_users_table(source_url)
+    insert_users(source_url, [user_row(i) for i in range(1, 11)])
+    config = make_config(source_url, f"sqlite:///{tmp_path / 'state.db'}",
+                         capture={"mode": "outbox"})
+    ob.install(config)
+    assert once(config, sandbox_app).counts["updated"] == 10
+    insert_users(source_url, [user_row(11)])
+    execute(source_url, "DELETE FROM users WHERE id = 11")
+    execute(source_url, "DELETE FROM users WHERE id = 4")           # a real deletion
+
+    out = io.StringIO()
+    logs.configure("info", stream=out, json=True)
+    result = once(config, sandbox_app)
+    assert result.counts["deletions_not_sent"] == 1
+    assert result.counts["deleted"] == 1 and result.counts["withdrawn"] == 1
+    assert sandbox_app.snapshot()["withdrawn_user_ids"] == ["4"]
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert any(e["event"] == "diff.unseen_deletion" and e["user_id"] == "11" for e in events)
+    # reported once, not at every pass
+    again = once(config, sandbox_app)
+    assert "deletions_not_sent" not in again.counts and requests(again) == {}
+
+
+# ----------------------------------------------------------------------------- re-created users
+
+
+def test_a_recreated_user_does_not_inherit_the_previous_persons_fields(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    """Snapshot mode with `created_column`: user 5 is deleted and another person gets key 5
+    (no phone) before the next pass. The previous person is deleted and withdrawn first, then
+    the new one is sent whole: Blux does not keep the old phone number on the new person."""
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    execute(src, "ALTER TABLE users ADD COLUMN created_at VARCHAR(40)")
+    insert_users(src, [user_row(i, created_at="2026-01-01 10:00:00") for i in range(1, 21)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}",
+                         capture={"created_column": "created_at"})
+    assert once(config, sandbox_app).outcome == "ok"
+    assert "phone_number" in sandbox_app.user("5")["user_properties"]  # type: ignore[index]
+
+    execute(src, "DELETE FROM users WHERE id = 5")
+    insert_users(src, [user_row(5, name="someone else", phone=None, email=None,
+                                created_at="2026-12-04 09:00:00")])
+    first = once(config, sandbox_app)
+    assert first.counts["recreated"] == 1
+    assert first.counts["deleted"] == 1 and first.counts["withdrawn"] == 1
+    assert first.more                                   # the new person goes right away
+    second = once(config, sandbox_app)
+    assert second.counts["updated"] == 1
+    user = sandbox_app.user("5")
+    assert user is not None
+    assert "phone_number" not in user["user_properties"]
+    assert "email_address" not in user["user_properties"]
+    assert user["custom_user_properties"]["name"] == "someone else"
+    assert requests(once(config, sandbox_app)) == {}    # settled
