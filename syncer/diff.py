@@ -156,6 +156,12 @@ def settle(record: UserRecord, state: UserState | None, outcomes: Sequence[Outco
         nacho = state.deliveries.get(NACHOCODE)
         if nacho is not None and nacho.deleted:
             deliveries[NACHOCODE] = None
+    if state:
+        # The row can be read again: what was held back for that has nothing left to wait for.
+        quarantine_clear += [dest for dest, held in state.quarantine.items()
+                             if held.fingerprint == UNREADABLE_FINGERPRINT
+                             and dest not in quarantine_clear
+                             and all(q.destination != dest for q in quarantine_set)]
     if state and record.deleted and not dirty:
         # A deleted user's pending update quarantine is moot.
         for dest, held in state.quarantine.items():

@@ -626,9 +626,13 @@ class _Pass:
                                f"({self.time_limit:g}s); the rest is sent next pass")
         if stopped:
             return "stopped", "stopped before the pass finished; the rest is sent next pass"
-        if self.counts["pending"] or self.counts["quarantined"] or self.counts["invalid_keys"]:
+        owed = ("pending", "quarantined", "invalid_keys", "unreadable_rows")
+        if any(self.counts[name] for name in owed):
             reasons = {str(ep): why for ep, why in deliverer.pending_reasons.items()}
             reasons.update({str(ep): why for ep, why in deliverer.held.items()})
+            if self.counts["unreadable_rows"]:
+                reasons["source"] = (f"{self.counts['unreadable_rows']} rows hold values the "
+                                     "database cannot hand back (see `syncer status`)")
             return "partial", "; ".join(f"{ep}: {why}" for ep, why in sorted(reasons.items())) \
                 or None
         return "ok", None

@@ -117,8 +117,7 @@ def _pg_loaders() -> list[tuple[str, Any]]:
                 try:
                     return super().load(data)
                 except psycopg.DataError:
-                    return Unreadable(f"a {self._kind} outside the years 1 to 9999 "
-                                      "(such as 'infinity')")
+                    return Unreadable(f"a {self._kind} outside the years 1 to 9999")
 
         Safe._kind = name
         out.append((name, Safe))
@@ -453,25 +452,36 @@ class Source:
             raise SourceError(f"cannot read {self.description}: {describe_error(exc)}") from exc
         return out
 
-    def since(self, column: str, low: object, *, exclusive: bool = False
+    def since(self, column: str, low: object, *, exclusive: bool = False,
+              also: Sequence[tuple[object, object]] = (), unset: bool = False
               ) -> Iterator[tuple[RawRow, object]]:
         """Rows whose ``column`` is at or after ``low`` (strictly after when ``exclusive``;
-        every row when ``low`` is None), as (key, hash, deleted) with the column's value. One
-        streamed, index-friendly query."""
+        every row with a value when ``low`` is None), and those in any of the ``also`` ranges
+        [from, to), as (key, hash, deleted) with the column's value; with ``unset``, also the
+        rows whose column is NULL (or a MySQL zero date). Index-friendly statements, streamed."""
         head, db_hash = self._select_head()
         if db_hash:
             head = f"{self.pk}, {self.hash_expr()}, {self._soft_expr()}"
         col = self.q(column)
         op = ">" if exclusive else ">="
-        where = f" WHERE {col} {op} :low" if low is not None else f" WHERE {col} IS NOT NULL"
-        sql = text(f"SELECT {head}, {col} FROM {self.relation}{where}")
-        params = {"low": low} if low is not None else {}
+        ranges = [f"{col} {op} :low" if low is not None else f"{col} IS NOT NULL"]
+        params: dict[str, Any] = {"low": low} if low is not None else {}
+        for i, (begin, end) in enumerate(also):
+            ranges.append(f"({col} >= :from{i} AND {col} < :to{i})")
+            params[f"from{i}"], params[f"to{i}"] = begin, end
+        statements = [(f"SELECT {head}, {col} FROM {self.relation} WHERE "
+                       + " OR ".join(ranges), params)]
+        if unset:
+            zero = f" OR {col} < '1000-01-01'" if self.dialect in ("mysql", "mariadb") else ""
+            statements.append((f"SELECT {head}, {col} FROM {self.relation} "
+                               f"WHERE {col} IS NULL{zero}", {}))
         try:
             with self.connect() as conn:
-                result = conn.execution_options(stream_results=True, yield_per=5000) \
-                    .execute(sql, params)
-                for row in result:
-                    yield self._raw(row, db_hash, False), row[-1]
+                for sql, values in statements:
+                    result = conn.execution_options(stream_results=True, yield_per=5000) \
+                        .execute(text(sql), values)
+                    for row in result:
+                        yield self._raw(row, db_hash, False), row[-1]
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot read {self.description}: {describe_error(exc)}") from exc
 

@@ -391,3 +391,117 @@ def test_reconcile_compares_key_ranges_and_reads_only_the_changed_ones(
     assert changed.position["ranges_read_row_by_row"] == 4   # 1..100, 1401.., 1201.., last
     assert_mirror_matches(sandbox_app, db)
     assert requests(once(config, sandbox_app)) == {}
+
+
+# ----------------------------------------------------------------------------- odd watermarks
+
+
+@pytest.mark.parametrize("server", ["sqlite", "postgresql"])
+def test_a_date_watermark_never_misses_a_change_later_the_same_day(
+        server: str, request: pytest.FixtureRequest, tmp_path: Path,
+        sandbox_app: SandboxApp) -> None:
+    """A DATE column: every row changed today carries today's date, so a read may never be
+    strictly after it, however long ago the lookback passed."""
+    db = (f"sqlite:///{tmp_path / 'app.db'}" if server == "sqlite"
+          else str(request.getfixturevalue("pg_url")))
+    create_table(db, ts_type="DATE" if server == "postgresql" else "TEXT")
+    today = dt.date.today().isoformat()
+    add_users(db, range(1, 11))
+    execute(db, "UPDATE users SET updated_at = :d", {"d": today})
+    config = config_for(db, tmp_path, "watermark", lookback_seconds=0)
+    assert once(config, sandbox_app).counts["updated"] == 10
+    for n in range(3):    # passes well past the (zero) lookback, each with a change today
+        execute(db, f"UPDATE users SET name = 'day {n}', updated_at = :d WHERE id = {n + 1}",
+                {"d": today})
+        result = once(config, sandbox_app)
+        assert result.counts.get("updated") == 1, (n, result.counts)
+    assert_mirror_matches(sandbox_app, db)
+
+
+@pytest.mark.parametrize("server", ["sqlite", "mariadb"])
+def test_a_row_stamped_in_the_future_does_not_jam_the_cursor(
+        server: str, request: pytest.FixtureRequest, tmp_path: Path,
+        sandbox_app: SandboxApp) -> None:
+    db = (f"sqlite:///{tmp_path / 'app.db'}" if server == "sqlite"
+          else str(request.getfixturevalue("mysql_url")))
+    create_table(db)
+    add_users(db, range(1, 11))
+    config = config_for(db, tmp_path, "watermark", lookback_seconds=0)
+    assert once(config, sandbox_app).counts["updated"] == 10
+    later = ("strftime('%Y-%m-%d %H:%M:%f', 'now', '+1 hour')" if server == "sqlite"
+             else "NOW(6) + INTERVAL 1 HOUR")
+    execute(db, f"UPDATE users SET name = 'clock ahead', updated_at = {later} WHERE id = 1")
+    for n in range(3):
+        touch(db, f"id = {n + 2}", f"name = 'now {n}'")
+        result = once(config, sandbox_app)
+        assert result.counts.get("updated", 0) >= 1, (n, result.counts)
+        assert result.position.get("stamped_in_the_future") == 1
+    assert_mirror_matches(sandbox_app, db)
+    rt = Runtime(config)
+    try:
+        position = rt.capture(reconcile=False).position(rt.ctx)
+    finally:
+        rt.close()
+    assert "1 rows have updated_at after the database's clock" in str(
+        position["stamped_in_the_future"])
+
+
+def test_text_watermarks_in_two_layouts_are_both_read(tmp_path: Path,
+                                                      sandbox_app: SandboxApp) -> None:
+    """'2026-12-04T10:00' sorts after '2026-12-04 23:00' as text: a cursor in the 'T' layout
+    must still see a later change written with a space."""
+    db = f"sqlite:///{tmp_path / 'app.db'}"
+    create_table(db)
+    add_users(db, range(1, 6))
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(minutes=10)
+    execute(db, "UPDATE users SET updated_at = :t", {"t": now.isoformat(sep="T")})
+    config = config_for(db, tmp_path, "watermark", lookback_seconds=0)
+    assert once(config, sandbox_app).counts["updated"] == 5
+    assert once(config, sandbox_app).counts.get("updated", 0) == 0     # the cursor settles
+    later = (now + dt.timedelta(minutes=5)).isoformat(sep=" ")
+    execute(db, "UPDATE users SET name = 'spaced', updated_at = :t WHERE id = 2", {"t": later})
+    result = once(config, sandbox_app)
+    assert result.counts.get("updated") == 1, result.counts
+    assert_mirror_matches(sandbox_app, db)
+
+
+def test_rows_without_a_watermark_are_read_by_incremental_passes(
+        db: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    create_table(db)
+    add_users(db, range(1, 6))
+    config = config_for(db, tmp_path, "watermark", lookback_seconds=0)
+    assert once(config, sandbox_app).counts["updated"] == 5
+    execute(db, "INSERT INTO users (id, name, marketing, sms, updated_at) "
+                "VALUES (50, 'no stamp', 1, 'Y', NULL)")
+    result = once(config, sandbox_app)
+    assert result.counts.get("updated") == 1, result.counts
+    assert requests(once(config, sandbox_app)) == {}   # read again, never sent again
+    rt = Runtime(config)
+    try:
+        position = rt.capture(reconcile=False).position(rt.ctx)
+    finally:
+        rt.close()
+    assert "1 rows have no updated_at" in str(position["rows_without_watermark"])
+
+
+def test_status_warns_when_the_cursor_stands_ahead_of_the_clock(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    from syncer.capture.watermark import CURSOR, Cursor
+    from syncer.state.sql import SqlStateStore
+
+    db = f"sqlite:///{tmp_path / 'app.db'}"
+    create_table(db)
+    add_users(db, range(1, 4))
+    config = config_for(db, tmp_path, "watermark")
+    once(config, sandbox_app)
+    store = SqlStateStore.from_url(config.state.url)   # as an older version could leave it
+    ahead = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)).replace(tzinfo=None)
+    store.set_cursor(CURSOR, Cursor(ahead.isoformat(sep=" "), time.time(), True).encode(),
+                     dt.datetime(2026, 1, 1))
+    store.close()
+    rt = Runtime(config)
+    try:
+        position = rt.capture(reconcile=False).position(rt.ctx)
+    finally:
+        rt.close()
+    assert "stands ahead of the database's clock" in str(position["cursor_ahead_of_clock"])

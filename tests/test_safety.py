@@ -188,3 +188,73 @@ def test_a_recreated_user_does_not_inherit_the_previous_persons_fields(
     assert "email_address" not in user["user_properties"]
     assert user["custom_user_properties"]["name"] == "someone else"
     assert requests(once(config, sandbox_app)) == {}    # settled
+
+
+# ----------------------------------------------------------------------------- unreadable rows
+
+
+def _capture_logs() -> io.StringIO:
+    out = io.StringIO()
+    logs.configure("debug", stream=out, json=True)
+    return out
+
+
+def test_sqlite_text_that_is_not_utf8_costs_only_its_row(tmp_path: Path,
+                                                         sandbox_app: SandboxApp) -> None:
+    """Invalid UTF-8 in a mapped column: that field is left out and reported, the user's other
+    fields are sent. In the soft-delete column: nobody can tell whether the user is deleted, so
+    the row is quarantined by key. Either way the other users go on, and the text never
+    reaches a log line or a message."""
+    from syncer import commands
+
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    insert_users(src, [user_row(i) for i in range(1, 31)])
+    execute(src, "UPDATE users SET name = CAST(X'5345435245544e414d45ff' AS TEXT) WHERE id = 3")
+    execute(src, "UPDATE users SET deleted_at = CAST(X'534543524554ff' AS TEXT) WHERE id = 7")
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+    out = _capture_logs()
+    result = once(config, sandbox_app)
+    assert result.outcome == "partial", result.message      # something is owed: user 7
+    assert result.counts["updated"] == 29
+    assert result.counts["unreadable_rows"] == 1
+    assert result.counts["problem:custom.name"] == 1
+    user3 = sandbox_app.user("3")
+    assert user3 is not None and "name" not in user3["custom_user_properties"]
+    assert sandbox_app.user("7") is None
+    quarantined = {(q.destination, q.user_id): q.reason
+                   for q in commands.status(config).quarantined}
+    assert set(quarantined) == {("blux", "7"), ("nachocode", "7")}
+    assert "cannot be read" in quarantined[("blux", "7")]
+    text = out.getvalue() + (result.message or "") + json.dumps(result.counts)
+    assert "SECRET" not in text and "\\xff" not in text
+    # the unreadable row costs nothing more until it changes; once readable, it is sent
+    assert requests(once(config, sandbox_app)) == {}
+    execute(src, "UPDATE users SET deleted_at = NULL WHERE id = 7")
+    fixed = once(config, sandbox_app)
+    assert fixed.counts["updated"] == 1 and fixed.outcome == "ok", fixed.message
+    assert commands.status(config).quarantined == []
+
+
+def test_postgresql_infinity_costs_only_its_row(pg_url: str, tmp_path: Path,
+                                                sandbox_app: SandboxApp) -> None:
+    execute(pg_url, """CREATE TABLE users (
+        id BIGINT PRIMARY KEY, name VARCHAR(100), phone VARCHAR(40), email VARCHAR(200),
+        marketing INTEGER, sms VARCHAR(8), points NUMERIC(12, 2), since timestamp,
+        deleted_at timestamptz)""")
+    insert_users(pg_url, [{**{k: v for k, v in user_row(i).items()
+                              if k not in ("touched", "deleted_at")},
+                           "since": "2026-01-01 10:00"} for i in range(1, 21)])
+    execute(pg_url, "UPDATE users SET since = 'infinity' WHERE id = 2")
+    execute(pg_url, "UPDATE users SET deleted_at = 'infinity' WHERE id = 5")
+    config = make_config(pg_url, f"sqlite:///{tmp_path / 'state.db'}",
+                         mapping={"custom_user_properties": {"name": "name", "since": "since"}})
+    out = _capture_logs()
+    result = once(config, sandbox_app)
+    assert result.counts["updated"] == 19, result.message
+    assert result.counts["unreadable_rows"] == 1
+    assert result.counts["problem:custom.since"] == 1
+    user2 = sandbox_app.user("2")
+    assert user2 is not None and "since" not in user2["custom_user_properties"]
+    assert sandbox_app.user("5") is None
+    assert "infinity" not in out.getvalue() + (result.message or "")

@@ -133,11 +133,59 @@ class Cursor:
         return cls(decode(data["value"]), float(data["seen"]), bool(data["exclusive"]))
 
 
+def comparable(value: object) -> dt.datetime | None:
+    """A watermark value as something that orders by time whatever its form: ISO text in
+    either layout ('2026-12-04T10:00' or '2026-12-04 10:00'), a date (its midnight), an aware
+    time in UTC. None for NULL and for what cannot be read or parsed."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time())
+    return None
+
+
 def _before(a: object, b: object) -> bool:
-    try:
-        return bool(a < b)  # type: ignore[operator]
-    except TypeError:
-        return False
+    left, right = comparable(a), comparable(b)
+    return left is not None and right is not None and left < right
+
+
+def is_date(value: object) -> bool:
+    """A day without a time: rows stamped later the same day carry the same value, so a read
+    may never be strictly after it."""
+    if isinstance(value, str):
+        return len(value.strip()) == 10
+    return isinstance(value, dt.date) and not isinstance(value, dt.datetime)
+
+
+def blind_spots(low: object) -> list[tuple[object, object]]:
+    """Text compares character by character, and ' ' sorts before 'T': with a bound in the
+    '2026-12-04T10:00' layout, a row written '2026-12-04 10:05' would not be read. The range of
+    that day's ' ' layout is read too (empty where the column keeps one layout)."""
+    if isinstance(low, str) and len(low) > 10 and low[10] == "T":
+        day = low[:10]
+        return [(day + " ", day + "T")]
+    return []
+
+
+def db_clock(source: Source) -> dt.datetime | None:
+    """The database's own 'now', as its timestamp columns are usually written (SQLite's
+    CURRENT_TIMESTAMP is UTC; MySQL's NOW() and PostgreSQL's localtimestamp are in the
+    session's time zone)."""
+    sql = {"sqlite": "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
+           "postgresql": "SELECT localtimestamp",
+           "mysql": "SELECT NOW(6)", "mariadb": "SELECT NOW(6)"}.get(source.dialect)
+    return comparable(source.scalar(sql)) if sql else None
+
+
+# Rows stamped this far ahead of the database's clock are read, but never move the cursor: one
+# row written by a machine whose clock runs an hour ahead must not make every later change
+# look old.
+FUTURE_TOLERANCE = dt.timedelta(seconds=1)
 
 
 # ----------------------------------------------------------------------------- the horizon
@@ -200,14 +248,22 @@ class WatermarkCapture:
         return ctx.source.scalar(f"SELECT MAX({col}) FROM {ctx.source.relation}")
 
     def _start(self, ctx: CaptureContext) -> tuple[object, Horizon | None]:
-        """Where to start: the newest value in the table, held below any open transaction."""
+        """Where to start: the newest value in the table, held below any open transaction
+        (PostgreSQL) and never ahead of the database's clock."""
         newest = self._max(ctx)
+        if newest is not None and not isinstance(newest, str) and comparable(newest) is None:
+            newest = None   # e.g. 'infinity': no time to start from
         horizon = None
         if ctx.source.dialect == "postgresql" and (newest is None or
                                                    isinstance(newest, dt.datetime)):
             horizon = pg_horizon(ctx.source, self._aware(ctx, newest))
             if newest is None or _before(horizon.value, newest):
                 return horizon.value, horizon
+            return newest, horizon
+        clock = db_clock(ctx.source)
+        moment = comparable(newest)
+        if clock is not None and moment is not None and moment > clock + FUTURE_TOLERANCE:
+            newest = shift(newest, (moment - clock).total_seconds())
         return newest, horizon
 
     def collect(self, ctx: CaptureContext) -> Candidates:
@@ -228,17 +284,35 @@ class WatermarkCapture:
         seen: set[str] = set()
         sort_keys(ctx, pending_keys(ctx, out), out, seen)
         newest: list[object] = [cursor.value]
+        clock = None if horizon is not None else db_clock(ctx.source)
+        limit = None if clock is None else clock + FUTURE_TOLERANCE
+        ahead = [0]
+        layouts: set[str] = set()
 
         def tracked() -> Any:
-            for row, value in ctx.source.since(self.column, low, exclusive=exclusive):
-                if value is not None and (newest[0] is None or _before(newest[0], value)):
-                    newest[0] = value
+            for row, value in ctx.source.since(self.column, low, exclusive=exclusive,
+                                               also=blind_spots(low), unset=True):
+                moment = comparable(value)
+                if isinstance(value, str) and len(value) > 10:
+                    layouts.add(value[10])
+                if moment is not None:
+                    if limit is not None and moment > limit:
+                        ahead[0] += 1
+                    elif newest[0] is None or _before(newest[0], value):
+                        newest[0] = value
                 yield row
 
         sort_rows(ctx, tracked(), out, seen)
         value = self.advance(cursor, newest[0], horizon, time.time()).encode()
         out.commit = lambda: ctx.state.set_cursor(CURSOR, value, _utcnow())
         out.position = self._describe(cursor, low, horizon)
+        if ahead[0]:
+            out.position["stamped_in_the_future"] = ahead[0]
+            log.warning("watermark.future_rows", rows=ahead[0],
+                        hint="rows stamped ahead of the database's clock are read at every "
+                             "pass until their time comes; check the writers' clocks")
+        if len(layouts) > 1:
+            out.position["mixed_layouts"] = sorted(layouts)
         return out
 
     def advance(self, cursor: Cursor, newest: object, horizon: Horizon | None,
@@ -249,15 +323,18 @@ class WatermarkCapture:
         database's now): no row can still appear stamped before it, so rows stamped long ago
         (a bulk update) leave the read window once the lookback has passed.
 
-        Elsewhere: the newest value read. Once it has stayed the newest for ``lookback_seconds``
-        of our own clock, every transaction that stamped a row at or before it and commits within
-        the lookback has committed and been read, so later passes read only newer rows.
+        Elsewhere: the newest value read (not counting rows stamped ahead of the database's
+        clock). Once it has stayed the newest for ``lookback_seconds`` of our own clock, every
+        transaction that stamped a row at or before it and commits within the lookback has
+        committed and been read, so later passes read only newer rows; a date never settles
+        that way (rows stamped later that day carry the same value).
         """
         if horizon is not None:
             return Cursor(horizon.value, wall, False)
         if newest is not None and (cursor.value is None or _before(cursor.value, newest)):
             return Cursor(newest, wall, False)
-        if not cursor.exclusive and wall - cursor.seen >= self.lookback:
+        if not cursor.exclusive and wall - cursor.seen >= self.lookback \
+                and not is_date(cursor.value):
             return Cursor(cursor.value, cursor.seen, True)
         return cursor
 
@@ -290,7 +367,45 @@ class WatermarkCapture:
             horizon = pg_horizon(ctx.source, self._aware(ctx, cursor.value))
         position = self._describe(cursor, cursor.low(self.lookback)[0], horizon)
         position["index"] = index_used(ctx.source, self.column)
+        position.update(self._warnings(ctx, cursor, horizon))
         return position
+
+    def _warnings(self, ctx: CaptureContext, cursor: Cursor,
+                  horizon: Horizon | None) -> dict[str, object]:
+        """What an operator should know about the column's values: rows an incremental pass
+        reads every time (no watermark, or stamped in the future) and a cursor ahead of the
+        database's clock."""
+        source, col = ctx.source, ctx.source.q(self.column)
+        out: dict[str, object] = {}
+        unset = source.scalar(f"SELECT count(*) FROM {source.relation} WHERE {col} IS NULL")
+        if unset:
+            out["rows_without_watermark"] = (
+                f"{int(unset)} rows have no {self.column}: every pass reads them again; give "
+                "them a value (or use mode = \"outbox\")")
+        clock = None if horizon is not None else db_clock(source)
+        moment = comparable(cursor.value)
+        if clock is not None and moment is not None and moment > clock + dt.timedelta(minutes=1):
+            out["cursor_ahead_of_clock"] = (
+                f"the cursor ({cursor.value}) stands ahead of the database's clock ({clock}): "
+                "rows stamped before it are not read until then; `syncer once --reconcile` "
+                "catches them, and the cursor no longer moves past the clock")
+        if clock is not None:
+            ahead = source.scalar(f"SELECT count(*) FROM {source.relation} WHERE {col} > :now",
+                                  {"now": _like(cursor.value, clock)})
+            if ahead:
+                out["stamped_in_the_future"] = (
+                    f"{int(ahead)} rows have {self.column} after the database's clock ({clock}): "
+                    "they are read at every pass until then; check the writers' clocks")
+        return out
+
+
+def _like(sample: object, moment: dt.datetime) -> object:
+    """``moment`` in the form of ``sample`` (text in its layout, a date, a time)."""
+    if isinstance(sample, str):
+        return moment.isoformat(sep=sample[10] if len(sample) > 10 else " ")
+    if is_date(sample):
+        return moment.date()
+    return moment
 
 
 def index_used(source: Source, column: str) -> str:
