@@ -47,6 +47,11 @@ log = structlog.get_logger("syncer.deliver")
 # Single users refused one after another with nothing accepted in between: the endpoint refuses
 # everything (a wrong method or body), not these users; stop quarantining them.
 REJECTIONS_BEFORE_BLOCKING = 10
+# A batch that keeps getting 5xx or timeouts while the endpoint accepts other requests carries a
+# user the API cannot take: it is narrowed down like a 400, with fewer tries per part, and at
+# most this many parts per endpoint and pass (the cost when the API is simply down).
+NARROWING_ATTEMPTS = 2
+NARROWING_BUDGET = 32
 
 
 class Observer(Protocol):
@@ -76,6 +81,8 @@ class Batch:
     priority: int
     attempts: int = 0
     throttled: int = 0
+    narrowing: bool = False           # a part of a batch that kept failing with 5xx/timeouts
+    failing_since: int | None = None  # the lane's successes when this batch first failed
 
 
 @dataclass(slots=True)
@@ -90,6 +97,9 @@ class _Lane:
     blocked: str | None = None
     requests: int = 0
     rejected_in_a_row: int = 0
+    successes: int = 0                # requests the endpoint accepted in this pass
+    narrowing_budget: int = NARROWING_BUDGET
+    explored: bool = False            # split a failing batch once without evidence
 
     @property
     def endpoint(self) -> Endpoint:
@@ -213,7 +223,8 @@ class Deliverer:
 
     # -- internals
 
-    def _resolve(self, ops: Sequence[Op], status: Status, reason: str = "") -> None:
+    def _resolve(self, ops: Sequence[Op], status: Status, reason: str = "",
+                 transient: bool = False) -> None:
         """Give each operation its one outcome; an operation that already has one is skipped,
         and a failing callback is logged, so the count of open operations stays exact."""
         if status is Status.PENDING and ops and reason:
@@ -223,7 +234,7 @@ class Deliverer:
                 continue
             self._outstanding -= 1
             try:
-                self.on_outcome(Outcome(op, status, reason))
+                self.on_outcome(Outcome(op, status, reason, transient))
             except Exception:
                 log.exception("delivery.outcome_failed", endpoint=str(op.endpoint),
                               user_id=op.user_id)
@@ -321,6 +332,7 @@ class Deliverer:
                       size=len(batch.ops), attempt=batch.attempts + 1)
             if error is None:
                 lane.rejected_in_a_row = 0
+                lane.successes += 1
                 self._resolve(batch.ops, Status.DELIVERED)
             else:
                 self._failed(lane, batch, error)
@@ -376,13 +388,22 @@ class Deliverer:
                 log.info("delivery.throttled", endpoint=str(endpoint), wait=round(wait, 3))
                 self._ready(lane, batch)
         else:
-            batch.attempts += 1
-            self.observer.retry(endpoint, "error")
-            if batch.attempts >= self.policy.max_attempts:
-                log.warning("delivery.gave_up", endpoint=str(endpoint), size=len(batch.ops),
-                            attempts=batch.attempts, reason=str(error))
-                self._resolve(batch.ops, Status.PENDING, str(error))
-                return
+            self._retry_or_narrow(lane, batch, error)
+
+    def _retry_or_narrow(self, lane: _Lane, batch: Batch, error: DeliveryError) -> None:
+        """5xx, a timeout, a dropped connection: back off and try again. While the endpoint
+        accepts other requests, a batch that keeps failing is narrowed down (split in halves,
+        fewer tries each) to the user the API cannot take, which is quarantined (transient:
+        reconcile passes try it again), and the rest lands. Without such evidence one failing
+        batch per endpoint and pass is split once, to find out; beyond that (the API is down)
+        everything stays pending."""
+        endpoint = lane.endpoint
+        batch.attempts += 1
+        if batch.failing_since is None:
+            batch.failing_since = lane.successes
+        self.observer.retry(endpoint, "error")
+        limit = NARROWING_ATTEMPTS if batch.narrowing else self.policy.max_attempts
+        if batch.attempts < limit:
             if not self._accepting:
                 self._resolve(batch.ops, Status.PENDING, str(error))
                 return
@@ -392,6 +413,31 @@ class Deliverer:
             task = asyncio.create_task(self._later(lane, batch, delay))
             self._waiting.add(task)
             task.add_done_callback(self._waiting.discard)
+            return
+        accepted_others = lane.successes > batch.failing_since
+        explore = not accepted_others and not batch.narrowing and not lane.explored
+        if len(batch.ops) > 1 and lane.narrowing_budget >= 2 and (accepted_others or explore):
+            lane.narrowing_budget -= 2
+            lane.explored = lane.explored or explore
+            half = len(batch.ops) // 2
+            self.observer.retry(endpoint, "split")
+            log.info("delivery.narrowing", endpoint=str(endpoint), size=len(batch.ops),
+                     reason=str(error))
+            for part in (batch.ops[:half], batch.ops[half:]):
+                self._ready(lane, Batch(list(part), batch.priority, narrowing=True,
+                                        failing_since=batch.failing_since))
+            return
+        if len(batch.ops) == 1 and batch.narrowing and accepted_others:
+            why = (f"{error} at every try ({batch.attempts}), while the other users of its "
+                   "batch were accepted; tried again in an hour (`syncer retry` sends it "
+                   "now)")
+            log.warning("delivery.quarantined", endpoint=str(endpoint),
+                        user_id=batch.ops[0].user_id, reason=why)
+            self._resolve(batch.ops, Status.QUARANTINED, why, transient=True)
+            return
+        log.warning("delivery.gave_up", endpoint=str(endpoint), size=len(batch.ops),
+                    attempts=batch.attempts, reason=str(error))
+        self._resolve(batch.ops, Status.PENDING, str(error))
 
     def _ready(self, lane: _Lane, batch: Batch) -> None:
         if lane.blocked is not None or not self._accepting:

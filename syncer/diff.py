@@ -7,7 +7,9 @@ that is still pending leaves the user dirty, so the next pass looks at it again.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection, Sequence
+from typing import Final
 
 from syncer.mapping import Mapping
 from syncer.model import (
@@ -37,7 +39,7 @@ _KIND = {
 
 def operations(record: UserRecord, state: UserState | None, mapping: Mapping,
                destinations: Collection[str], *, retry_deletions: bool = False,
-               send_unseen: bool = False) -> list[Op]:
+               send_unseen: bool = False, now: dt.datetime | None = None) -> list[Op]:
     """What must be sent for this user so that every destination matches the source.
 
     A deletion (a Blux delete, a nachocode withdrawal) is irreversible, so it is sent only for a
@@ -51,8 +53,9 @@ def operations(record: UserRecord, state: UserState | None, mapping: Mapping,
     and the next pass sends the new person's profile whole.
 
     A quarantined update waits until the user's data changes. A quarantined deletion has no data
-    to change, and a transient quarantine (5xx for that user alone) may pass by itself:
-    ``retry_deletions`` (reconcile passes) tries both again."""
+    to change: ``retry_deletions`` (reconcile passes) tries it again. A transient quarantine
+    (5xx or timeouts for that user alone) may pass by itself: it is tried again once
+    :data:`TRANSIENT_RETRY` has passed since its last attempt (``now``)."""
     delivered = state.deliveries if state else {}
     quarantined = state.quarantine if state else {}
     seen = bool(state and state.seen_alive)
@@ -62,7 +65,7 @@ def operations(record: UserRecord, state: UserState | None, mapping: Mapping,
         why = "deleted in the source" if record.deleted else (
             "re-created with the same key: the previous person is deleted first")
         return _deletions(record.user_id, delivered, quarantined, destinations,
-                          retry_deletions, why)
+                          retry_deletions, why, now)
     if BLUX not in destinations or record.payload is None:
         return []
     blux = delivered.get(BLUX)
@@ -70,7 +73,7 @@ def operations(record: UserRecord, state: UserState | None, mapping: Mapping,
     payload = record.payload
     if blux is not None and not blux.deleted and blux.fingerprint == payload.fingerprint:
         return []
-    if _waits(held, payload.fingerprint, retry_deletions):
+    if _waits(held, payload.fingerprint, retry_deletions, now):
         return []
     if blux is None or blux.deleted:
         changed = None
@@ -85,13 +88,13 @@ def operations(record: UserRecord, state: UserState | None, mapping: Mapping,
 
 def _deletions(user_id: str, delivered: dict[str, Delivered],
                quarantined: dict[str, Quarantine], destinations: Collection[str],
-               retry: bool, why: str) -> list[Op]:
+               retry: bool, why: str, now: dt.datetime | None) -> list[Op]:
     ops: list[Op] = []
     for dest, endpoint in ((BLUX, Endpoint.BLUX_DELETE), (NACHOCODE, Endpoint.NACHOCODE_WITHDRAW)):
         done = delivered.get(dest)
         if dest not in destinations or (done is not None and done.deleted):
             continue
-        if _waits(quarantined.get(dest), DELETION_FINGERPRINT, retry):
+        if _waits(quarantined.get(dest), DELETION_FINGERPRINT, retry, now):
             continue
         ops.append(Op(endpoint, user_id, priority=URGENT, reason=why))
     return ops
@@ -118,12 +121,20 @@ def through_the_valve(state: UserState | None) -> bool:
     return state.dirty or any(d.deleted for d in state.deliveries.values())
 
 
-def _waits(held: Quarantine | None, fingerprint: bytes, retry: bool = False) -> bool:
-    """Quarantined with exactly this content: it waits for the data to change (or, for a
-    deletion or a transient quarantine, for a reconcile pass when ``retry``)."""
+# How long a user quarantined for 5xx/timeouts of its own waits before it is tried again.
+TRANSIENT_RETRY: Final = dt.timedelta(hours=1)
+
+
+def _waits(held: Quarantine | None, fingerprint: bytes, retry: bool = False,
+           now: dt.datetime | None = None) -> bool:
+    """Quarantined with exactly this content: it waits for the data to change (a deletion: for
+    a reconcile pass when ``retry``; a transient quarantine: for :data:`TRANSIENT_RETRY`)."""
     if held is None or held.fingerprint != fingerprint:
         return False
-    return not (retry and (held.transient or fingerprint == DELETION_FINGERPRINT))
+    if held.transient:
+        return not (now is not None and held.last_attempt is not None
+                    and now - held.last_attempt >= TRANSIENT_RETRY)
+    return not (retry and fingerprint == DELETION_FINGERPRINT)
 
 
 def settle(record: UserRecord, state: UserState | None, outcomes: Sequence[Outcome],

@@ -3,6 +3,7 @@ send, and what came of it. Frozen, slotted, no behaviour beyond small derived pr
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from dataclasses import dataclass, field
 from typing import Final
@@ -94,7 +95,8 @@ class Quarantine:
     destination: str
     fingerprint: bytes
     reason: str
-    transient: bool = False  # 5xx/timeouts for this user alone: reconcile passes try again
+    transient: bool = False  # 5xx/timeouts for this user alone: tried again after a while
+    last_attempt: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -413,7 +413,7 @@ class _Pass:
             return work
         work.ops = diff.operations(record, state, rt.mapping, rt.destinations,
                                    retry_deletions=self.kind == "reconcile",
-                                   send_unseen=self.send_unseen)
+                                   send_unseen=self.send_unseen, now=utcnow())
         if not work.ops and diff.unseen_deletion(record, state) and not self.send_unseen:
             self.counts["deletions_not_sent"] += 1
             log.warning("diff.unseen_deletion", user_id=uid,

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from syncer.config import BluxConfig, NachocodeConfig
-from syncer.deliver import Deliverer
+from syncer.deliver import NARROWING_ATTEMPTS, Deliverer
 from syncer.destinations import Answer
 from syncer.destinations import blux as blux_api
 from syncer.destinations import nachocode as nacho_api
@@ -161,7 +161,39 @@ def test_what_keeps_failing_stays_pending_never_delivered() -> None:
     outcomes, d = deliver([upsert(i) for i in range(150)], mock_transport(sandbox))
     assert statuses(outcomes) == {Status.PENDING: 150}
     assert all("500" in o.reason for o in outcomes)
-    assert d.lanes[Endpoint.BLUX_UPDATE].requests == 2 * FAST.max_attempts
+    # each batch tried max_attempts times, and one of them split once to find out whether the
+    # API takes a part of it: it does not, so nothing is narrowed further
+    assert d.lanes[Endpoint.BLUX_UPDATE].requests == 2 * FAST.max_attempts + 2 * NARROWING_ATTEMPTS
+
+
+def failing_for(user_id: str, status: int = 500) -> Callable[[httpx.Request, int],
+                                                              httpx.Response | None]:
+    """An API that answers ``status`` (or hangs, for 0) to any request carrying this user."""
+    def override(request: httpx.Request, _n: int) -> httpx.Response | None:
+        body = json.loads(request.content)
+        ids = [u["user_id"] for u in body.get("users", [])] + body.get("user_ids", [])
+        if user_id not in ids:
+            return None
+        if status == 0:
+            raise httpx.ReadTimeout("no answer", request=request)
+        return httpx.Response(status, json={"message": "internal error"}, request=request)
+    return override
+
+
+@pytest.mark.parametrize("status", [500, 0], ids=["5xx", "timeout"])
+@pytest.mark.parametrize("users", [250, 3], ids=["many-batches", "one-batch"])
+def test_a_user_that_always_gets_5xx_is_narrowed_down_and_quarantined(status: int,
+                                                                      users: int) -> None:
+    sandbox = app()
+    rec = Recorder(mock_transport(sandbox), failing_for("2", status))
+    outcomes, d = deliver([upsert(i) for i in range(users)], rec)
+    assert statuses(outcomes) == {Status.DELIVERED: users - 1, Status.QUARANTINED: 1}
+    (held,) = [o for o in outcomes if o.status is Status.QUARANTINED]
+    assert held.op.user_id == "2" and held.transient
+    assert "while the other users of its batch were accepted" in held.reason
+    assert len(sandbox.snapshot()["users"]) == users - 1
+    # bounded: the batch's own tries, then about two parts per halving, a few tries each
+    assert d.lanes[Endpoint.BLUX_UPDATE].requests <= users // 100 + 1 + FAST.max_attempts + 30
 
 
 def test_429_pauses_the_endpoint_and_honours_retry_after() -> None:

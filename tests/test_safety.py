@@ -258,3 +258,36 @@ def test_postgresql_infinity_costs_only_its_row(pg_url: str, tmp_path: Path,
     assert user2 is not None and "since" not in user2["custom_user_properties"]
     assert sandbox_app.user("5") is None
     assert "infinity" not in out.getvalue() + (result.message or "")
+
+
+# ----------------------------------------------------------------------------- 5xx for one user
+
+
+def test_a_user_the_api_keeps_failing_is_quarantined_and_tried_again_later(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    from syncer import commands
+    from syncer.pipeline import Runtime, run_pass
+    from syncer.sandbox import mock_transport
+
+    from .test_delivery import Recorder, failing_for
+
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    insert_users(src, [user_row(i) for i in range(1, 121)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+    rt = Runtime(config, transport=Recorder(mock_transport(sandbox_app), failing_for("7")))
+    try:
+        first = run_pass(rt)
+        assert first.counts["updated"] == 119 and first.counts["quarantined"] == 1
+        assert first.outcome == "partial"
+        again = run_pass(rt)                       # an incremental look: it waits
+        assert requests(again) == {}
+    finally:
+        rt.close()
+    (held,) = commands.status(config).quarantined
+    assert held.user_id == "7" and "tried again in an hour" in held.reason
+    execute(config.state.url, "UPDATE syncer_quarantine SET last_attempt = "
+                              "datetime(last_attempt, '-61 minutes')")   # an hour later
+    fixed = once(config, sandbox_app)                   # the API takes it now
+    assert fixed.counts["updated"] == 1 and fixed.outcome == "ok", fixed.message
+    assert commands.status(config).quarantined == []

@@ -102,7 +102,8 @@ class MemoryStateStore:
             out[uid] = UserState(
                 uid, u.row_hash, u.gone, u.dirty,
                 {d: entry[0] for d, entry in u.deliveries.items()},
-                {d: Quarantine(d, u.q_fingerprints[d], q.reason, u.q_transient.get(d, False))
+                {d: Quarantine(d, u.q_fingerprints[d], q.reason, u.q_transient.get(d, False),
+                               q.last_attempt)
                  for d, q in u.quarantine.items()},
                 u.seen_alive, u.identity,
             )

@@ -281,7 +281,8 @@ class SqlStateStore:
                         t.quarantine.c.user_id.in_(part))):
                     entry = base.setdefault(q.user_id, _blank())
                     entry["quarantine"][q.destination] = Quarantine(
-                        q.destination, q.fingerprint, q.reason, bool(q.transient))
+                        q.destination, q.fingerprint, q.reason, bool(q.transient),
+                        q.last_attempt)
             return {uid: UserState(uid, **fields) for uid, fields in base.items()}
 
         return dict(self._run("lookup", get))
