@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from syncer.errors import ConfigError
-from syncer.secret import Secret, redact_url
+from syncer.secret import Secret, redact_url, url_secrets
 
 DEFAULT_PATH: Final = "/etc/syncer/config.toml"
 ENV_PATH: Final = "SYNCER_CONFIG"
@@ -294,9 +294,7 @@ class Config(_Model):
         if self.nachocode:
             values += [self.nachocode.api_key.reveal(), self.nachocode.secret_key.reveal()]
         for url in (self.source.url, self.state.url):
-            password = _url_password(url)
-            if password:
-                values.append(password)
+            values += url_secrets(url)
         return tuple(v for v in values if v)
 
     def warnings(self) -> list[str]:
@@ -317,16 +315,6 @@ class Config(_Model):
                 "`syncer once --reconcile`"
             )
         return notes
-
-
-def _url_password(url: str) -> str | None:
-    from sqlalchemy.engine import make_url
-
-    try:
-        password = make_url(url).password
-        return None if password is None else str(password)
-    except Exception:
-        return None
 
 
 def _http_url(value: str) -> str:

@@ -142,6 +142,32 @@ def test_secret_values_cover_url_passwords() -> None:
     assert "pa55word" not in config.source.redacted_url
 
 
+
+@pytest.mark.parametrize("url, secret", [
+    ("postgresql://u@h/db?password=s3cret-1", "s3cret-1"),
+    ("postgresql://u@h/db?sslmode=require&SSLPASSWORD=s3cret-2", "s3cret-2"),
+    ("mysql+pymysql://u@h/db?passwd=s3cret-3&charset=utf8mb4", "s3cret-3"),
+    ("mysql+pymysql://u@h/db?Pwd=s3cret-4", "s3cret-4"),
+    ("postgresql://u@h/db?auth_token=s3cret-5", "s3cret-5"),
+    ("postgresql://u@h/db?client_secret=s3cret-6", "s3cret-6"),
+    ("postgresql://u@h/db?options=-c%20password%3Ds3cret-7", "s3cret-7"),
+    ("postgresql://u@h/db?dsn=host%3Dh%20password%3D%27s3cret-8%27", "s3cret-8"),
+    ("postgresql://u:s3cret-9@h/db?password=s3cret-10", "s3cret-10"),
+    ("not a url ?password=s3cret-11", "s3cret-11"),
+    ("postgresql://u@h/db?user=a@b&password=s3cret-12", "s3cret-12"),
+])
+def test_passwords_in_the_url_query_are_masked_and_scrubbed(url: str, secret: str) -> None:
+    from syncer.secret import redact_url
+
+    config = parse({"source": {"url": url, "table": "u"},
+                    "nachocode": {"api_key": "api-key-1", "secret_key": "secret-2"}})
+    assert secret in config.secret_values()
+    assert "s3cret" not in redact_url(url)
+    assert "s3cret" not in config.source.redacted_url
+    kept = redact_url("postgresql://u@h/db?sslmode=require&password=x1x1x1&application_name=a")
+    assert "sslmode=require" in kept and "application_name=a" in kept and "x1x1" not in kept
+
+
 def test_example_config_is_valid(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[1] / "config.example.toml"
     config = load(example, env={"BLUX_SECRET_KEY": "a", "NACHOCODE_API_KEY": "b",
