@@ -46,7 +46,8 @@ _FILE_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "nachocode": ("api_key", "secret_key"),
 }
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+# No `$`: it would clash with dollar quoting in the generated PostgreSQL trigger function.
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _to_secret(value: object) -> object:
@@ -64,7 +65,8 @@ SecretField = Annotated[Secret, BeforeValidator(_to_secret)]
 
 def _identifier(value: str) -> str:
     if not _IDENT.match(value):
-        raise ValueError("must be a plain SQL identifier (letters, digits, underscore)")
+        raise ValueError("must be a plain SQL identifier (letters, digits and underscores, not "
+                         "starting with a digit; no `$`, spaces or quotes)")
     return value
 
 

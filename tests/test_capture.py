@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from syncer.errors import ConfigError
 from syncer.pipeline import PassResult, Runtime
 from syncer.sandbox import SandboxApp, mock_transport
 
-from .conftest import execute, make_config
+from .conftest import execute, make_config, pg_url_for
 from .test_pipeline import assert_mirror_matches, once, requests
 
 TS_TYPES = {
@@ -391,3 +392,36 @@ def test_reconcile_compares_key_ranges_and_reads_only_the_changed_ones(
     assert changed.position["ranges_read_row_by_row"] == 4   # 1..100, 1401.., 1201.., last
     assert_mirror_matches(sandbox_app, db)
     assert requests(once(config, sandbox_app)) == {}
+
+
+def test_the_postgres_function_body_quote_never_occurs_in_the_body(
+        pg_admin: sa.Engine, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    """A schema (found through the search path, not the config) whose name holds the dollar
+    quote's tag must not end the trigger function's body early."""
+    schema = f"app$syncer${uuid.uuid4().hex[:8]}"
+    with pg_admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        db = pg_url_for(schema.replace("$", "%24"))
+        create_table(db)
+        config = config_for(db, tmp_path, "outbox")
+        ddl = ob.sql(config)
+        assert "$syncer$" in ddl   # the schema's name is in the body ...
+        ob.install(config)         # ... and the body still parses
+        add_users(db, range(1, 4))
+        assert outbox_depth(db) == 3
+        assert once(config, sandbox_app).counts["updated"] == 3
+        touch(db, "id = 2", "name = 'changed'")
+        second = once(config, sandbox_app)
+        assert second.counts["updated"] == 1 and outbox_depth(db) == 0
+    finally:
+        with pg_admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def test_the_dollar_quote_tag_is_chosen_to_avoid_the_body() -> None:
+    for body in ("BEGIN END", "x $syncer$ y", "$syncer$ $syncer_1$ $syncer_2$"):
+        quoted = ob.dollar_quote(body)
+        tag = quoted[:quoted.index("$", 1) + 1]
+        assert quoted == f"{tag}{body}{tag}"
+        assert tag not in body

@@ -142,7 +142,6 @@ def test_secret_values_cover_url_passwords() -> None:
     assert "pa55word" not in config.source.redacted_url
 
 
-
 @pytest.mark.parametrize("url, secret", [
     ("postgresql://u@h/db?password=s3cret-1", "s3cret-1"),
     ("postgresql://u@h/db?sslmode=require&SSLPASSWORD=s3cret-2", "s3cret-2"),
@@ -166,6 +165,19 @@ def test_passwords_in_the_url_query_are_masked_and_scrubbed(url: str, secret: st
     assert "s3cret" not in config.source.redacted_url
     kept = redact_url("postgresql://u@h/db?sslmode=require&password=x1x1x1&application_name=a")
     assert "sslmode=require" in kept and "application_name=a" in kept and "x1x1" not in kept
+
+
+def test_a_dollar_in_an_identifier_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse({"source": {"url": "sqlite://", "table": "users$x", "primary_key": "id$"},
+               "capture": {"outbox_table": "out$syncer$box"},
+               "mapping": {"custom_user_properties": {"name": "na$me"}},
+               "nachocode": {"api_key": "a", "secret_key": "b"}})
+    message = str(info.value)
+    for key in ("[source] table", "[source] primary_key", "[capture] outbox_table",
+                "[mapping.custom_user_properties] name"):
+        assert f"{key} must be a plain SQL identifier" in message, key
+    assert "no `$`" in message
 
 
 def test_example_config_is_valid(tmp_path: Path) -> None:

@@ -80,17 +80,20 @@ def channel_name(outbox_table: str) -> str:
 # ----------------------------------------------------------------------------- DDL
 
 
+def dollar_quote(body: str) -> str:
+    """``body`` as a PostgreSQL dollar-quoted string, with a tag that does not occur in it (the
+    body holds names from the database, such as the schema, which may contain ``$``)."""
+    tag, n = "$syncer$", 0
+    while tag in body:
+        n += 1
+        tag = f"$syncer_{n}$"
+    return f"{tag}{body}{tag}"
+
+
 def install_sql(n: OutboxNames, q: Callable[[str], str]) -> list[str]:
     if n.dialect == "postgresql":
         changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in n.watched)
-        return [
-            f"""CREATE TABLE IF NOT EXISTS {n.outbox} (
-    id bigserial PRIMARY KEY,
-    user_key text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-)""",
-            f"""CREATE OR REPLACE FUNCTION {n.function}() RETURNS trigger
-LANGUAGE plpgsql AS $syncer$
+        body = f"""
 BEGIN
     IF TG_OP = 'DELETE' THEN
         INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk}::text);
@@ -103,7 +106,15 @@ BEGIN
     PERFORM pg_notify('{n.channel}', '');
     RETURN NULL;
 END
-$syncer$""",
+"""
+        return [
+            f"""CREATE TABLE IF NOT EXISTS {n.outbox} (
+    id bigserial PRIMARY KEY,
+    user_key text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+)""",
+            f"""CREATE OR REPLACE FUNCTION {n.function}() RETURNS trigger
+LANGUAGE plpgsql AS {dollar_quote(body)}""",
             f"DROP TRIGGER IF EXISTS {n.quoted_trigger('ins', q)} ON {n.table}",
             f"CREATE TRIGGER {n.quoted_trigger('ins', q)} AFTER INSERT ON {n.table} "
             f"FOR EACH ROW EXECUTE FUNCTION {n.function}()",
