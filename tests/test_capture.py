@@ -425,3 +425,46 @@ def test_the_dollar_quote_tag_is_chosen_to_avoid_the_body() -> None:
         tag = quoted[:quoted.index("$", 1) + 1]
         assert quoted == f"{tag}{body}{tag}"
         assert tag not in body
+
+
+def test_the_outbox_takes_any_key_and_never_breaks_the_apps_write(
+        db: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    """A key longer than 255 characters, outside the database's default character set, or
+    NULL (the configured key need not be the table's primary key): the app's writes go through,
+    and the outbox carries every key it can."""
+    text_type = "VARCHAR(1000)"
+    if kind_of(db) == "mariadb":   # an outbox created with the database's default would be latin1
+        execute(db, "ALTER DATABASE CHARACTER SET latin1")
+        text_type += " CHARACTER SET utf8mb4"
+    execute(db, f"""CREATE TABLE users (
+        row_id INTEGER PRIMARY KEY, id {text_type}, name VARCHAR(100), phone VARCHAR(40),
+        email VARCHAR(200), marketing INTEGER, sms VARCHAR(8), points NUMERIC(12, 2),
+        touched VARCHAR(40), deleted_at VARCHAR(40))""")
+    if kind_of(db) == "mariadb":   # an outbox installed by an earlier version is upgraded
+        execute(db, "CREATE TABLE syncer_outbox (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+                    "user_key VARCHAR(255) NOT NULL, created_at TIMESTAMP(6) NOT NULL "
+                    "DEFAULT CURRENT_TIMESTAMP(6))")
+    config = config_for(db, tmp_path, "outbox")
+    ob.install(config)
+    assert once(config, sandbox_app).outcome == "ok"     # the first pass: a snapshot
+    long_key = "가나" + "k" * 600
+    execute(db, "INSERT INTO users (row_id, id, name) VALUES (1, :k, 'long'), (2, NULL, 'null')",
+            {"k": long_key})
+    execute(db, "UPDATE users SET name = 'still null' WHERE row_id = 2")
+    execute(db, "UPDATE users SET id = NULL WHERE row_id = 1")
+    execute(db, "UPDATE users SET id = :k WHERE row_id = 1", {"k": long_key})
+    execute(db, "DELETE FROM users WHERE row_id = 2")
+    engine = sa.create_engine(db)
+    with engine.connect() as conn:
+        keys = [r[0] for r in conn.execute(sa.text("SELECT user_key FROM syncer_outbox"))]
+    engine.dispose()
+    assert keys == [long_key] * 3    # insert, key set to NULL (the old key), key set back
+    result = once(config, sandbox_app)
+    assert result.outcome == "ok", result.message
+    assert result.counts["updated"] == 1
+    assert sandbox_app.snapshot()["users"][long_key]["custom_user_properties"] == {"name": "long"}
+    assert outbox_depth(db) == 0
+    ob.install(config)   # reinstalling over an existing outbox keeps working
+    execute(db, "INSERT INTO users (row_id, id, name) VALUES (3, :k, 'again')",
+            {"k": "x" * 700})
+    assert outbox_depth(db) == 1
