@@ -7,6 +7,7 @@ the environment and a secret can be given as ``<key>_file`` (systemd credentials
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -14,6 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -311,12 +313,33 @@ class Config(_Model):
                 f"[blux] delete_rate = {self.blux.delete_rate:g} is above the documented "
                 f"{BLUX_DELETE_RATE:g}/s: only do this under an agreement with Blux"
             )
+        for name, api in (("blux", self.blux), ("nachocode", self.nachocode)):
+            host = _cleartext_host(api.base_url) if api else None
+            if host:
+                notes.append(
+                    f"[{name}] base_url is plain http:// to {host}: the API keys and the users' "
+                    "data would cross the network unencrypted; use https://")
         if self.capture.mode != "snapshot" and self.capture.reconcile_cron is None:
             notes.append(
                 "[capture] reconcile_cron is off: hard deletes are only caught by "
                 "`syncer once --reconcile`"
             )
         return notes
+
+
+def _cleartext_host(url: str) -> str | None:
+    """The host of a plain ``http://`` URL that leaves this machine (None for https or a loopback
+    address, where nothing crosses a network)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme.lower() != "http" or host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return host
 
 
 def _http_url(value: str) -> str:

@@ -127,6 +127,24 @@ def test_rates_above_the_documents_are_allowed_with_a_warning(tmp_path: Path) ->
     assert any("above the documented" in w for w in config.warnings())
 
 
+def test_plain_http_to_another_host_is_warned_about() -> None:
+    def warnings(blux: str, nachocode: str) -> list[str]:
+        return parse({"source": {"url": "sqlite://", "table": "u"},
+                      "mapping": {"user_properties": {"phone_number": "phone"}},
+                      "blux": {"base_url": blux, "application_id": "a", "secret_key": "k"},
+                      "nachocode": {"base_url": nachocode, "api_key": "a",
+                                    "secret_key": "b"}}).warnings()
+
+    found = warnings("http://user:pw@api.example.com:8080/prod", "http://10.0.0.7")
+    assert any(w.startswith("[blux] base_url") and "api.example.com" in w and "https" in w
+               for w in found), found
+    assert any(w.startswith("[nachocode] base_url") and "10.0.0.7" in w for w in found), found
+    assert not any(":pw@" in w for w in found)
+    for local in ("http://127.0.0.1:8089/blux", "http://localhost:8089", "http://[::1]:80",
+                  "http://127.3.4.5", "https://api.blux.ai/prod"):
+        assert not any("base_url" in w for w in warnings(local, local)), local
+
+
 def test_missing_and_broken_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load(tmp_path / "nope.toml")
