@@ -7,6 +7,7 @@ the environment and a secret can be given as ``<key>_file`` (systemd credentials
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -14,6 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -26,7 +28,7 @@ from pydantic import (
 )
 
 from syncer.errors import ConfigError
-from syncer.secret import Secret, redact_url
+from syncer.secret import Secret, redact_url, url_secrets
 
 DEFAULT_PATH: Final = "/etc/syncer/config.toml"
 ENV_PATH: Final = "SYNCER_CONFIG"
@@ -46,7 +48,8 @@ _FILE_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "nachocode": ("api_key", "secret_key"),
 }
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+# No `$`: it would clash with dollar quoting in the generated PostgreSQL trigger function.
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _to_secret(value: object) -> object:
@@ -64,7 +67,8 @@ SecretField = Annotated[Secret, BeforeValidator(_to_secret)]
 
 def _identifier(value: str) -> str:
     if not _IDENT.match(value):
-        raise ValueError("must be a plain SQL identifier (letters, digits, underscore)")
+        raise ValueError("must be a plain SQL identifier (letters, digits and underscores, not "
+                         "starting with a digit; no `$`, spaces or quotes)")
     return value
 
 
@@ -300,9 +304,7 @@ class Config(_Model):
         if self.nachocode:
             values += [self.nachocode.api_key.reveal(), self.nachocode.secret_key.reveal()]
         for url in (self.source.url, self.state.url):
-            password = _url_password(url)
-            if password:
-                values.append(password)
+            values += url_secrets(url)
         return tuple(v for v in values if v)
 
     def warnings(self) -> list[str]:
@@ -317,6 +319,12 @@ class Config(_Model):
                 f"[blux] delete_rate = {self.blux.delete_rate:g} is above the documented "
                 f"{BLUX_DELETE_RATE:g}/s: only do this under an agreement with Blux"
             )
+        for name, api in (("blux", self.blux), ("nachocode", self.nachocode)):
+            host = _cleartext_host(api.base_url) if api else None
+            if host:
+                notes.append(
+                    f"[{name}] base_url is plain http:// to {host}: the API keys and the users' "
+                    "data would cross the network unencrypted; use https://")
         if self.capture.mode != "snapshot" and self.capture.reconcile_cron is None:
             notes.append(
                 "[capture] reconcile_cron is off: hard deletes are only caught by "
@@ -325,14 +333,19 @@ class Config(_Model):
         return notes
 
 
-def _url_password(url: str) -> str | None:
-    from sqlalchemy.engine import make_url
-
-    try:
-        password = make_url(url).password
-        return None if password is None else str(password)
-    except Exception:
+def _cleartext_host(url: str) -> str | None:
+    """The host of a plain ``http://`` URL that leaves this machine (None for https or a loopback
+    address, where nothing crosses a network)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme.lower() != "http" or host == "localhost" or host.endswith(".localhost"):
         return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return host
 
 
 def _http_url(value: str) -> str:

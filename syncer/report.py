@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 from rich.console import Console
 from rich.markup import escape
@@ -25,6 +26,26 @@ _COUNT_NAMES = {
     "invalid_keys": "rows with an invalid key",
     "deleted_before_first_pass": "already deleted before the first pass (history, not sent)",
 }
+
+
+# C0 and C1 controls, DEL, line and paragraph separators, and bidirectional overrides: in a user
+# id or a message from the source or an API they could forge table lines or drive the terminal.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def visible(text: str) -> str:
+    """``text`` with control characters shown escaped (``\\x1b``, ``\\n``, ``\\u202e``)."""
+    return _CONTROL.sub(lambda m: _SHORT.get(m.group(0)) or _escape_code(ord(m.group(0))), text)
+
+
+def _escape_code(code: int) -> str:
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _cell(text: str) -> str:
+    """Text from outside (the source, an API, the state) for a rich table or line."""
+    return escape(visible(text))
 
 
 def _ago(when: dt.datetime | None) -> str:
@@ -58,11 +79,11 @@ def pass_summary(console: Console, result: PassResult) -> None:
         table.add_row("  nothing changed", "0 API calls")
     console.print(table)
     for dest, why in result.credentials.items():
-        console.print(f"[red]{dest}:[/] {escape(why)}")
+        console.print(f"[red]{dest}:[/] {_cell(why)}")
     for ep, why in result.held.items():
-        console.print(f"[yellow]{ep}:[/] {escape(why)}")
+        console.print(f"[yellow]{ep}:[/] {_cell(why)}")
     if result.message and result.outcome not in ("credentials",):
-        console.print(escape(result.message))
+        console.print(_cell(result.message))
     if result.counts.get("deleted_before_first_pass"):
         console.print("  [dim]rows deleted before syncer's first pass are recorded, not sent; "
                       'set [capture] initial_deletions = "send" before the first pass to send '
@@ -86,7 +107,7 @@ def plan_report(console: Console, result: PassResult, show_values: bool = True) 
                   f"(safety valve allows {plan.valve_limit:.0f}): {verdict}")
     console.print("[dim]plan sends nothing, so it does not check the credentials[/]")
     if plan.position:
-        console.print("capture position: " + escape(json.dumps(plan.position, default=str)))
+        console.print("capture position: " + _cell(json.dumps(plan.position, default=str)))
     if plan.samples:
         total = sum(plan.ops.values())
         sample = Table("user", "endpoint", "why", "fields (new values)",
@@ -97,7 +118,7 @@ def plan_report(console: Console, result: PassResult, show_values: bool = True) 
                 fields = ", ".join(f"{k}={v!r}" for k, v in s.fields.items())
             else:
                 fields = ", ".join(s.fields)
-            sample.add_row(escape(s.user_id), s.endpoint, s.reason, escape(fields or "-"))
+            sample.add_row(_cell(s.user_id), s.endpoint, s.reason, _cell(fields or "-"))
         console.print(sample)
         if not show_values:
             console.print("[dim]new values are shown on a terminal only (they are personal "
@@ -113,8 +134,8 @@ def status_report(console: Console, report: StatusReport) -> None:
     c = report.counts
     console.print(f"known users {c.known}, deleted {c.gone}, pending {c.dirty}; "
                   f"last successful pass {_ago(report.last_success)}")
-    console.print("sender: " + escape(report.sender or "none running (no `syncer run` holds "
-                                                    "the sender lock)"))
+    console.print("sender: " + _cell(report.sender or "none running (no `syncer run` holds "
+                                                   "the sender lock)"))
     if report.oldest_pending is not None:
         by = ", ".join(f"{k} {v}" for k, v in sorted(report.pending_by_endpoint.items()))
         console.print(f"lag: the oldest pending user has waited since "
@@ -126,7 +147,7 @@ def status_report(console: Console, report: StatusReport) -> None:
                        str(c.quarantined.get(dest, 0)))
     console.print(health)
     if report.position:
-        console.print("capture position: " + escape(json.dumps(report.position, default=str)))
+        console.print("capture position: " + _cell(json.dumps(report.position, default=str)))
     passes = Table("#", "started", "kind", "outcome", "seconds", "sent", "message",
                    title="recent passes")
     passes.columns[3].no_wrap = True
@@ -137,7 +158,7 @@ def status_report(console: Console, report: StatusReport) -> None:
                                                         "quarantined", "pending")
                          if p.counts.get(k))
         passes.add_row(str(p.id), f"{p.started_at:%Y-%m-%d %H:%M:%S}", p.kind, p.outcome, took,
-                       sent or "-", escape((p.message or "")[:80]))
+                       sent or "-", _cell((p.message or "")[:80]))
     console.print(passes)
     if report.quarantined:
         q = Table("destination", "user", "since", "attempts", "reason",
@@ -145,13 +166,13 @@ def status_report(console: Console, report: StatusReport) -> None:
                         f"{sum(c.quarantined.values())})")
         q.columns[4].overflow = "fold"
         for row in report.quarantined:
-            q.add_row(row.destination, escape(row.user_id), _ago(row.since), str(row.attempts),
-                      escape(row.reason[:100]))
+            q.add_row(row.destination, _cell(row.user_id), _ago(row.since), str(row.attempts),
+                      _cell(row.reason[:100]))
         console.print(q)
     if report.problems:
         pr = Table("user", "field", "since", "reason",
                    title=f"fields left out (newest first; {c.problems} users in all)")
         for problem in report.problems:
-            pr.add_row(escape(problem.user_id), problem.field, _ago(problem.since),
-                       escape(problem.reason))
+            pr.add_row(_cell(problem.user_id), _cell(problem.field), _ago(problem.since),
+                       _cell(problem.reason))
         console.print(pr)

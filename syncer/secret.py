@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Final
+from urllib.parse import parse_qsl, quote_plus, unquote_plus
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -39,11 +40,74 @@ class Secret:
 
 
 def redact_url(url: str) -> str:
-    """A database URL fit for a log line: the password replaced by ``***``."""
+    """A database URL fit for a log line: the password, and any password-like query parameter
+    (``?password=``, ``sslpassword``, ``passwd``, ``token``, ``password=`` inside ``options``...),
+    replaced by ``***``."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        rendered = make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
-        return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+        rendered = re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+    head, query = _split_query(rendered)
+    if query is None:
+        return rendered
+    return head + "?" + "&".join(_redact_param(part) for part in query.split("&"))
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The secrets a database URL carries: its password and the values of password-like query
+    parameters (for the log scrubber)."""
+    found: list[str] = []
+    try:
+        password = make_url(url).password
+        if password:
+            found.append(str(password))
+    except (ArgumentError, ValueError):
+        pass
+    _, query = _split_query(url)
+    for key, value in parse_qsl(query or "", keep_blank_values=True):
+        if _SECRET_NAME.search(key):
+            found.append(value)
+        else:
+            found += [_unquote(m.group(2)) for m in _EMBEDDED_SECRET.finditer(value)]
+    return tuple(v for v in found if v)
+
+
+# Names of query parameters (or libpq conninfo keys inside one) that carry a secret.
+_SECRET_NAME = re.compile(r"passw(?:or)?d|pwd|secret|token", re.IGNORECASE)
+# ``password=...`` inside a parameter's value (libpq conninfo in ``dsn``, ``-c`` in ``options``).
+_EMBEDDED_SECRET = re.compile(
+    r"(\b\w*(?:passw(?:or)?d|pwd|secret|token)\w*\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)",
+    re.IGNORECASE)
+
+
+_USERINFO = re.compile(r"[\w+]+://(?:[^:/@]*(?::[^@]*)?@)?")
+
+
+def _split_query(url: str) -> tuple[str, str | None]:
+    """The URL without its query, and the query (``None`` when there is none). The query starts
+    at the first ``?`` after the user info (a password may hold a ``?``)."""
+    userinfo = _USERINFO.match(url)
+    at = url.find("?", userinfo.end() if userinfo else 0)
+    if at < 0:
+        return url, None
+    return url[:at], url[at + 1:].split("#", 1)[0]
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
+
+
+def _redact_param(part: str) -> str:
+    key, sep, value = part.partition("=")
+    if not sep:
+        return part
+    if _SECRET_NAME.search(unquote_plus(key)):
+        return f"{key}=***"
+    plain = unquote_plus(value)
+    masked = _EMBEDDED_SECRET.sub(lambda m: m.group(1) + "***", plain)
+    return part if masked == plain else f"{key}={quote_plus(masked, safe='*=')}"
 
 
 # Personal data that could slip into a message from a database or an API: e-mail addresses and

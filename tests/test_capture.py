@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from syncer.errors import ConfigError
 from syncer.pipeline import PassResult, Runtime
 from syncer.sandbox import SandboxApp, mock_transport
 
-from .conftest import execute, make_config
+from .conftest import execute, make_config, pg_url_for
 from .test_pipeline import assert_mirror_matches, once, requests
 
 TS_TYPES = {
@@ -505,3 +506,79 @@ def test_status_warns_when_the_cursor_stands_ahead_of_the_clock(
     finally:
         rt.close()
     assert "stands ahead of the database's clock" in str(position["cursor_ahead_of_clock"])
+
+
+def test_the_postgres_function_body_quote_never_occurs_in_the_body(
+        pg_admin: sa.Engine, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    """A schema (found through the search path, not the config) whose name holds the dollar
+    quote's tag must not end the trigger function's body early."""
+    schema = f"app$syncer${uuid.uuid4().hex[:8]}"
+    with pg_admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        db = pg_url_for(schema.replace("$", "%24"))
+        create_table(db)
+        config = config_for(db, tmp_path, "outbox")
+        ddl = ob.sql(config)
+        assert "$syncer$" in ddl   # the schema's name is in the body ...
+        ob.install(config)         # ... and the body still parses
+        add_users(db, range(1, 4))
+        assert outbox_depth(db) == 3
+        assert once(config, sandbox_app).counts["updated"] == 3
+        touch(db, "id = 2", "name = 'changed'")
+        second = once(config, sandbox_app)
+        assert second.counts["updated"] == 1 and outbox_depth(db) == 0
+    finally:
+        with pg_admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def test_the_dollar_quote_tag_is_chosen_to_avoid_the_body() -> None:
+    for body in ("BEGIN END", "x $syncer$ y", "$syncer$ $syncer_1$ $syncer_2$"):
+        quoted = ob.dollar_quote(body)
+        tag = quoted[:quoted.index("$", 1) + 1]
+        assert quoted == f"{tag}{body}{tag}"
+        assert tag not in body
+
+
+def test_the_outbox_takes_any_key_and_never_breaks_the_apps_write(
+        db: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    """A key longer than 255 characters, outside the database's default character set, or
+    NULL (the configured key need not be the table's primary key): the app's writes go through,
+    and the outbox carries every key it can."""
+    text_type = "VARCHAR(1000)"
+    if kind_of(db) == "mariadb":   # an outbox created with the database's default would be latin1
+        execute(db, "ALTER DATABASE CHARACTER SET latin1")
+        text_type += " CHARACTER SET utf8mb4"
+    execute(db, f"""CREATE TABLE users (
+        row_id INTEGER PRIMARY KEY, id {text_type}, name VARCHAR(100), phone VARCHAR(40),
+        email VARCHAR(200), marketing INTEGER, sms VARCHAR(8), points NUMERIC(12, 2),
+        touched VARCHAR(40), deleted_at VARCHAR(40))""")
+    if kind_of(db) == "mariadb":   # an outbox installed by an earlier version is upgraded
+        execute(db, "CREATE TABLE syncer_outbox (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+                    "user_key VARCHAR(255) NOT NULL, created_at TIMESTAMP(6) NOT NULL "
+                    "DEFAULT CURRENT_TIMESTAMP(6))")
+    config = config_for(db, tmp_path, "outbox")
+    ob.install(config)
+    assert once(config, sandbox_app).outcome == "ok"     # the first pass: a snapshot
+    long_key = "가나" + "k" * 600
+    execute(db, "INSERT INTO users (row_id, id, name) VALUES (1, :k, 'long'), (2, NULL, 'null')",
+            {"k": long_key})
+    execute(db, "UPDATE users SET name = 'still null' WHERE row_id = 2")
+    execute(db, "UPDATE users SET id = NULL WHERE row_id = 1")
+    execute(db, "UPDATE users SET id = :k WHERE row_id = 1", {"k": long_key})
+    execute(db, "DELETE FROM users WHERE row_id = 2")
+    engine = sa.create_engine(db)
+    with engine.connect() as conn:
+        keys = [r[0] for r in conn.execute(sa.text("SELECT user_key FROM syncer_outbox"))]
+    engine.dispose()
+    assert keys == [long_key] * 3    # insert, key set to NULL (the old key), key set back
+    result = once(config, sandbox_app)
+    assert result.outcome == "ok", result.message
+    assert result.counts["updated"] == 1
+    assert sandbox_app.snapshot()["users"][long_key]["custom_user_properties"] == {"name": "long"}
+    assert outbox_depth(db) == 0
+    ob.install(config)   # reinstalling over an existing outbox keeps working
+    execute(db, "INSERT INTO users (row_id, id, name) VALUES (3, :k, 'again')",
+            {"k": "x" * 700})
+    assert outbox_depth(db) == 1

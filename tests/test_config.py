@@ -127,6 +127,24 @@ def test_rates_above_the_documents_are_allowed_with_a_warning(tmp_path: Path) ->
     assert any("above the documented" in w for w in config.warnings())
 
 
+def test_plain_http_to_another_host_is_warned_about() -> None:
+    def warnings(blux: str, nachocode: str) -> list[str]:
+        return parse({"source": {"url": "sqlite://", "table": "u"},
+                      "mapping": {"user_properties": {"phone_number": "phone"}},
+                      "blux": {"base_url": blux, "application_id": "a", "secret_key": "k"},
+                      "nachocode": {"base_url": nachocode, "api_key": "a",
+                                    "secret_key": "b"}}).warnings()
+
+    found = warnings("http://user:pw@api.example.com:8080/prod", "http://10.0.0.7")
+    assert any(w.startswith("[blux] base_url") and "api.example.com" in w and "https" in w
+               for w in found), found
+    assert any(w.startswith("[nachocode] base_url") and "10.0.0.7" in w for w in found), found
+    assert not any(":pw@" in w for w in found)
+    for local in ("http://127.0.0.1:8089/blux", "http://localhost:8089", "http://[::1]:80",
+                  "http://127.3.4.5", "https://api.blux.ai/prod"):
+        assert not any("base_url" in w for w in warnings(local, local)), local
+
+
 def test_missing_and_broken_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load(tmp_path / "nope.toml")
@@ -140,6 +158,44 @@ def test_secret_values_cover_url_passwords() -> None:
                     "nachocode": {"api_key": "api-key-1", "secret_key": "secret-2"}})
     assert set(config.secret_values()) == {"pa55word", "api-key-1", "secret-2"}
     assert "pa55word" not in config.source.redacted_url
+
+
+@pytest.mark.parametrize("url, secret", [
+    ("postgresql://u@h/db?password=s3cret-1", "s3cret-1"),
+    ("postgresql://u@h/db?sslmode=require&SSLPASSWORD=s3cret-2", "s3cret-2"),
+    ("mysql+pymysql://u@h/db?passwd=s3cret-3&charset=utf8mb4", "s3cret-3"),
+    ("mysql+pymysql://u@h/db?Pwd=s3cret-4", "s3cret-4"),
+    ("postgresql://u@h/db?auth_token=s3cret-5", "s3cret-5"),
+    ("postgresql://u@h/db?client_secret=s3cret-6", "s3cret-6"),
+    ("postgresql://u@h/db?options=-c%20password%3Ds3cret-7", "s3cret-7"),
+    ("postgresql://u@h/db?dsn=host%3Dh%20password%3D%27s3cret-8%27", "s3cret-8"),
+    ("postgresql://u:s3cret-9@h/db?password=s3cret-10", "s3cret-10"),
+    ("not a url ?password=s3cret-11", "s3cret-11"),
+    ("postgresql://u@h/db?user=a@b&password=s3cret-12", "s3cret-12"),
+])
+def test_passwords_in_the_url_query_are_masked_and_scrubbed(url: str, secret: str) -> None:
+    from syncer.secret import redact_url
+
+    config = parse({"source": {"url": url, "table": "u"},
+                    "nachocode": {"api_key": "api-key-1", "secret_key": "secret-2"}})
+    assert secret in config.secret_values()
+    assert "s3cret" not in redact_url(url)
+    assert "s3cret" not in config.source.redacted_url
+    kept = redact_url("postgresql://u@h/db?sslmode=require&password=x1x1x1&application_name=a")
+    assert "sslmode=require" in kept and "application_name=a" in kept and "x1x1" not in kept
+
+
+def test_a_dollar_in_an_identifier_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse({"source": {"url": "sqlite://", "table": "users$x", "primary_key": "id$"},
+               "capture": {"outbox_table": "out$syncer$box"},
+               "mapping": {"custom_user_properties": {"name": "na$me"}},
+               "nachocode": {"api_key": "a", "secret_key": "b"}})
+    message = str(info.value)
+    for key in ("[source] table", "[source] primary_key", "[capture] outbox_table",
+                "[mapping.custom_user_properties] name"):
+        assert f"{key} must be a plain SQL identifier" in message, key
+    assert "no `$`" in message
 
 
 def test_example_config_is_valid(tmp_path: Path) -> None:

@@ -8,14 +8,19 @@ import logging
 from pathlib import Path
 
 import httpx
+import pytest
 from rich.console import Console
 
 from syncer import logs
+from syncer.daemon import Daemon
 from syncer.demo import run_demo
+from syncer.errors import SyncerError
 from syncer.pipeline import Runtime, run_pass
 from syncer.sandbox import SandboxApp, mock_transport
+from syncer.secret import redact_url
 
 from .conftest import create_users_table, execute, insert_users, make_config, user_row
+from .test_daemon import free_port
 
 
 def test_demo_runs_to_a_clean_finish(tmp_path: Path) -> None:
@@ -105,3 +110,39 @@ def test_library_warnings_are_json_lines_and_scrubbed() -> None:
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert lines == [{"event": "retrying for <phone> at 2026-11-27 21:12:46", "logger": "httpx",
                       "level": "warning", "timestamp": lines[0]["timestamp"]}]
+
+
+QUERY_PASSWORD = "qp4ss-DO-NOT-SHOW"
+
+
+@pytest.mark.parametrize("query", [f"password={QUERY_PASSWORD}",
+                                   f"sslpassword={QUERY_PASSWORD}&sslmode=disable",
+                                   f"PassWord={QUERY_PASSWORD}",
+                                   f"options=-c%20password%3D{QUERY_PASSWORD}"])
+def test_a_password_in_the_url_query_never_shows(tmp_path: Path, sandbox_app: SandboxApp,
+                                                 query: str) -> None:
+    url = f"postgresql://syncer@127.0.0.1:{free_port()}/app?{query}"   # nothing listens there
+    config = make_config(url, f"sqlite:///{tmp_path / 'state.db'}")
+    assert QUERY_PASSWORD not in redact_url(url)
+    assert "127.0.0.1" in redact_url(url)
+    assert QUERY_PASSWORD not in config.source.redacted_url
+    assert QUERY_PASSWORD in config.secret_values()
+    stream = io.StringIO()
+    logs.configure("debug", stream=stream, json=True)
+    logs.set_secrets(config.secret_values())
+    daemon = Daemon(config, Runtime(config, transport=mock_transport(sandbox_app)))
+    try:
+        with pytest.raises(SyncerError) as info:
+            assert daemon.rt is not None
+            daemon.rt.check()
+        result = daemon.run_one()
+        _, health = daemon.health()
+    finally:
+        daemon.shutdown()
+        logs.set_secrets(())
+    assert result is not None and result.outcome == "failed"
+    assert "cannot connect to the source database" in (result.message or "")
+    assert "127.0.0.1" in (result.message or "")
+    assert "pass.failed" in stream.getvalue()
+    for text in (str(info.value), result.message or "", json.dumps(health), stream.getvalue()):
+        assert QUERY_PASSWORD not in text

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from syncer.config import load
 from syncer.errors import SourceError, SyncerError
 from syncer.pipeline import Runtime, run_pass
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, mock_transport
 from syncer.source import Source
 
-from .conftest import create_users_table, execute, insert_users, make_config, user_row
+from .conftest import (
+    MAPPING_TOML,
+    SANDBOX,
+    create_users_table,
+    execute,
+    insert_users,
+    make_config,
+    user_row,
+)
+from .test_daemon import free_port
 from .test_pipeline import once, requests
 
 
@@ -344,3 +356,81 @@ def test_the_lag_counts_from_the_first_failure(tmp_path: Path) -> None:
         assert rt.state.pending() == (0, None)
     finally:
         rt.close()
+
+
+UNREACHABLE_TOML = """
+[source]
+url = "{src}"
+table = "users"
+
+[capture]
+soft_delete_column = "deleted_at"
+
+[state]
+url = "sqlite:///{state}"
+
+{mapping}
+[blux]
+base_url = "http://127.0.0.1:{blux_port}/prod"
+application_id = "{app_id}"
+secret_key = "{blux_secret}"
+
+[nachocode]
+base_url = "http://127.0.0.1:{nacho_port}"
+api_key = "{nacho_key}"
+secret_key = "{nacho_secret}"
+
+[delivery]
+max_attempts = 2
+backoff_initial_seconds = 0.001
+backoff_max_seconds = 0.01
+"""
+
+
+def test_an_unreachable_api_names_its_url_and_the_key_to_check(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    rows = [user_row(i, email=f"person{i}@private.example") for i in range(1, 11)]
+    src = sqlite_source(tmp_path, rows)
+    blux_port, nacho_port = free_port(), free_port()   # nothing listens on either
+    toml = tmp_path / "config.toml"
+    toml.write_text(UNREACHABLE_TOML.format(
+        src=src, state=tmp_path / "state.db", mapping=MAPPING_TOML, blux_port=blux_port,
+        nacho_port=nacho_port, app_id=SANDBOX.blux_application_id,
+        blux_secret=SANDBOX.blux_secret_key, nacho_key=SANDBOX.nachocode_api_key,
+        nacho_secret=SANDBOX.nachocode_secret_key))
+    config = load(toml)
+    working = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+    assert once(working, sandbox_app).outcome == "ok"    # delivered once; then both APIs go away
+    execute(src, "DELETE FROM users WHERE id = 3")
+    execute(src, "UPDATE users SET name = 'changed' WHERE id = 4")
+
+    rt = Runtime(config)   # real HTTP to the closed ports
+    try:
+        result = run_pass(rt)
+    finally:
+        rt.close()
+    assert result.outcome == "partial"
+    message = result.message or ""
+    for expected in (f"http://127.0.0.1:{blux_port}", "connection refused",
+                     "check [blux] base_url", f"http://127.0.0.1:{nacho_port}",
+                     "check [nachocode] base_url"):
+        assert expected in message, (expected, message)
+    assert "/prod" not in message and SANDBOX.blux_application_id not in message
+    assert "private.example" not in message and "user 4" not in message
+
+    cli = subprocess.run([sys.executable, "-m", "syncer", "once", "-c", str(toml)],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    shown = " ".join(cli.stdout.split())
+    assert f"http://127.0.0.1:{blux_port}" in shown and "check [blux] base_url" in shown, shown
+    assert "check [nachocode] base_url" in shown, shown
+    assert "private.example" not in cli.stdout + cli.stderr
+
+
+def test_a_server_is_named_by_scheme_host_and_port_only() -> None:
+    from syncer.destinations import origin
+
+    assert origin("http://user:pw@api.example.com:8080/prod/v2?key=k") == \
+        "http://api.example.com:8080"
+    assert origin("https://api.blux.ai/prod/v2/applications/app-1") == "https://api.blux.ai:443"
+    assert origin("http://[::1]:8089/blux") == "http://[::1]:8089"

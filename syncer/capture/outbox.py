@@ -18,6 +18,7 @@ import datetime as dt
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 import structlog
 
@@ -80,9 +81,60 @@ def channel_name(outbox_table: str) -> str:
 # ----------------------------------------------------------------------------- DDL
 
 
-def install_sql(n: OutboxNames, q: Callable[[str], str]) -> list[str]:
+def dollar_quote(body: str) -> str:
+    """``body`` as a PostgreSQL dollar-quoted string, with a tag that does not occur in it (the
+    body holds names from the database, such as the schema, which may contain ``$``)."""
+    tag, n = "$syncer$", 0
+    while tag in body:
+        n += 1
+        tag = f"$syncer_{n}$"
+    return f"{tag}{body}{tag}"
+
+
+# MySQL/MariaDB key types whose values read as text in any character set; any other key (binary
+# strings, BIT, spatial types) is kept as bytes, which every value converts to.
+_MYSQL_TEXTUAL = frozenset({
+    "char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set", "json",
+    "tinyint", "smallint", "mediumint", "int", "integer", "bigint", "decimal", "numeric", "float",
+    "double", "real", "year", "date", "time", "datetime", "timestamp", "uuid", "inet4", "inet6",
+})
+MYSQL_TEXT_KEY: Final = "LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+
+
+def mysql_key_type(data_type: str | None) -> str:
+    """The outbox's ``user_key`` type for a key column of this type (``information_schema``'s
+    ``DATA_TYPE``): one that holds any value of it, whatever its length or character set, so
+    that the trigger can never fail the application's write."""
+    if data_type is None or data_type.lower() in _MYSQL_TEXTUAL:
+        return MYSQL_TEXT_KEY
+    return "LONGBLOB"
+
+
+def install_sql(n: OutboxNames, q: Callable[[str], str],
+                key_type: str = MYSQL_TEXT_KEY) -> list[str]:
+    """The DDL; ``key_type`` is the MySQL/MariaDB type of ``user_key`` (see
+    :func:`mysql_key_type`). A NULL key is left out: it cannot name a user."""
     if n.dialect == "postgresql":
         changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in n.watched)
+        body = f"""
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF OLD.{n.pk} IS NOT NULL THEN
+            INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk}::text);
+        END IF;
+    ELSE
+        IF NEW.{n.pk} IS NOT NULL THEN
+            INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk}::text);
+        END IF;
+        IF TG_OP = 'UPDATE' AND NEW.{n.pk} IS DISTINCT FROM OLD.{n.pk}
+                AND OLD.{n.pk} IS NOT NULL THEN
+            INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk}::text);
+        END IF;
+    END IF;
+    PERFORM pg_notify('{n.channel}', '');
+    RETURN NULL;
+END
+"""
         return [
             f"""CREATE TABLE IF NOT EXISTS {n.outbox} (
     id bigserial PRIMARY KEY,
@@ -90,20 +142,7 @@ def install_sql(n: OutboxNames, q: Callable[[str], str]) -> list[str]:
     created_at timestamptz NOT NULL DEFAULT now()
 )""",
             f"""CREATE OR REPLACE FUNCTION {n.function}() RETURNS trigger
-LANGUAGE plpgsql AS $syncer$
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk}::text);
-    ELSE
-        INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk}::text);
-        IF TG_OP = 'UPDATE' AND NEW.{n.pk} IS DISTINCT FROM OLD.{n.pk} THEN
-            INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk}::text);
-        END IF;
-    END IF;
-    PERFORM pg_notify('{n.channel}', '');
-    RETURN NULL;
-END
-$syncer$""",
+LANGUAGE plpgsql AS {dollar_quote(body)}""",
             f"DROP TRIGGER IF EXISTS {n.quoted_trigger('ins', q)} ON {n.table}",
             f"CREATE TRIGGER {n.quoted_trigger('ins', q)} AFTER INSERT ON {n.table} "
             f"FOR EACH ROW EXECUTE FUNCTION {n.function}()",
@@ -121,25 +160,31 @@ $syncer$""",
         return [
             f"""CREATE TABLE IF NOT EXISTS {n.outbox} (
     id BIGINT AUTO_INCREMENT PRIMARY KEY,
-    user_key VARCHAR(255) NOT NULL,
+    user_key {key_type} NOT NULL,
     created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
 ) ENGINE=InnoDB""",
+            # an outbox installed by an earlier version had VARCHAR(255)
+            f"ALTER TABLE {n.outbox} MODIFY user_key {key_type} NOT NULL",
             f"DROP TRIGGER IF EXISTS {n.quoted_trigger('ins', q)}",
             f"CREATE TRIGGER {n.quoted_trigger('ins', q)} AFTER INSERT ON {n.table} FOR EACH ROW "
-            f"INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk})",
+            f"INSERT INTO {n.outbox} (user_key) SELECT NEW.{n.pk} FROM DUAL "
+            f"WHERE NEW.{n.pk} IS NOT NULL",
             f"DROP TRIGGER IF EXISTS {n.quoted_trigger('upd', q)}",
             f"""CREATE TRIGGER {n.quoted_trigger('upd', q)} AFTER UPDATE ON {n.table} FOR EACH ROW
 BEGIN
     IF NOT ({same}) THEN
-        INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk});
-        IF NOT (BINARY OLD.{n.pk} <=> BINARY NEW.{n.pk}) THEN
+        IF NEW.{n.pk} IS NOT NULL THEN
+            INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk});
+        END IF;
+        IF NOT (BINARY OLD.{n.pk} <=> BINARY NEW.{n.pk}) AND OLD.{n.pk} IS NOT NULL THEN
             INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk});
         END IF;
     END IF;
 END""",
             f"DROP TRIGGER IF EXISTS {n.quoted_trigger('del', q)}",
             f"CREATE TRIGGER {n.quoted_trigger('del', q)} AFTER DELETE ON {n.table} FOR EACH ROW "
-            f"INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk})",
+            f"INSERT INTO {n.outbox} (user_key) SELECT OLD.{n.pk} FROM DUAL "
+            f"WHERE OLD.{n.pk} IS NOT NULL",
         ]
     same = " AND ".join(f"OLD.{c} IS NEW.{c}" for c in n.watched)
     return [
@@ -150,16 +195,16 @@ END""",
 )""",
         f"DROP TRIGGER IF EXISTS {n.quoted_trigger('ins', q)}",
         f"CREATE TRIGGER {n.quoted_trigger('ins', q)} AFTER INSERT ON {n.table} BEGIN "
-        f"INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk}); END",
+        f"INSERT INTO {n.outbox} (user_key) SELECT NEW.{n.pk} WHERE NEW.{n.pk} IS NOT NULL; END",
         f"DROP TRIGGER IF EXISTS {n.quoted_trigger('upd', q)}",
         f"CREATE TRIGGER {n.quoted_trigger('upd', q)} AFTER UPDATE OF {', '.join(n.watched)} "
         f"ON {n.table} WHEN NOT ({same}) BEGIN "
-        f"INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk}); "
-        f"INSERT INTO {n.outbox} (user_key) SELECT OLD.{n.pk} WHERE OLD.{n.pk} IS NOT NEW.{n.pk}; "
-        f"END",
+        f"INSERT INTO {n.outbox} (user_key) SELECT NEW.{n.pk} WHERE NEW.{n.pk} IS NOT NULL; "
+        f"INSERT INTO {n.outbox} (user_key) SELECT OLD.{n.pk} WHERE OLD.{n.pk} IS NOT NEW.{n.pk} "
+        f"AND OLD.{n.pk} IS NOT NULL; END",
         f"DROP TRIGGER IF EXISTS {n.quoted_trigger('del', q)}",
         f"CREATE TRIGGER {n.quoted_trigger('del', q)} AFTER DELETE ON {n.table} BEGIN "
-        f"INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk}); END",
+        f"INSERT INTO {n.outbox} (user_key) SELECT OLD.{n.pk} WHERE OLD.{n.pk} IS NOT NULL; END",
     ]
 
 
@@ -196,7 +241,24 @@ def _schema(source: Source, config: SourceConfig) -> str | None:
 def _statements(config: Config, uninstall: bool) -> tuple[Source, list[str]]:
     source = _source_for(config)
     n = names(source, config.capture, _schema(source, config.source))
-    return source, (uninstall_sql(n, source.q) if uninstall else install_sql(n, source.q))
+    if uninstall:
+        return source, uninstall_sql(n, source.q)
+    key_type = MYSQL_TEXT_KEY
+    if n.dialect in ("mysql", "mariadb"):
+        key_type = mysql_key_type(_mysql_data_type(source, config.source))
+    return source, install_sql(n, source.q, key_type)
+
+
+def _mysql_data_type(source: Source, config: SourceConfig) -> str | None:
+    """The key column's type, or None when it cannot be read (the table is not there yet)."""
+    try:
+        rows = source.run(
+            "SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "
+            "COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table AND COLUMN_NAME = :column",
+            {"schema": config.schema_, "table": config.table, "column": config.primary_key})
+    except SourceError:
+        return None
+    return str(rows[0][0]) if rows else None
 
 
 def sql(config: Config, *, uninstall: bool = False) -> str:

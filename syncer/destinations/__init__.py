@@ -8,7 +8,10 @@ httpx errors are translated here, at the edge.
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ class Request:
     url: str
     headers: dict[str, str]
     body: bytes
+    config_key: str = ""   # what to check when the host cannot be reached: "[blux] base_url"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,16 +95,64 @@ def transient(answer: Answer, now_epoch: float, who: str) -> DeliveryError | Non
 
 
 async def send(client: httpx.AsyncClient, request: Request, timeout: float) -> Answer:
-    """One HTTP exchange; network failures become :class:`RetriableError`."""
+    """One HTTP exchange; network failures become :class:`RetriableError`, naming the server
+    (scheme, host and port only) and, when it cannot be reached, the config key to check."""
     try:
         response = await client.request(request.method, request.url, headers=request.headers,
                                         content=request.body, timeout=timeout)
+    except httpx.ConnectTimeout as exc:
+        raise RetriableError(f"cannot connect to {origin(request.url)} (no answer within "
+                             f"{timeout:g}s){_check(request)}") from exc
     except httpx.TimeoutException as exc:
-        raise RetriableError(f"no answer within {timeout:g}s ({type(exc).__name__})") from exc
+        raise RetriableError(f"no answer from {origin(request.url)} within {timeout:g}s "
+                             f"({type(exc).__name__})") from exc
+    except httpx.ConnectError as exc:
+        raise RetriableError(f"cannot connect to {origin(request.url)} "
+                             f"({_connect_failure(exc)}){_check(request)}") from exc
     except httpx.TransportError as exc:
-        raise RetriableError(f"connection failed ({type(exc).__name__})") from exc
+        raise RetriableError(f"connection to {origin(request.url)} failed "
+                             f"({type(exc).__name__})") from exc
     return Answer(response.status_code, {k.lower(): v for k, v in response.headers.items()},
                   response.content)
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of a URL: no user info, path or query (they may hold secrets)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "(an invalid URL)"
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme)
+    return f"{parsed.scheme}://{host}" + (f":{port}" if port else "")
+
+
+def _check(request: Request) -> str:
+    return f": check {request.config_key}" if request.config_key else ""
+
+
+def _connect_failure(exc: httpx.ConnectError) -> str:
+    """Why a connection could not be made, in words (from the OS error under the httpx one;
+    the exceptions' own text is not shown)."""
+    seen: BaseException | None = exc
+    for _ in range(10):   # the chain: httpx -> httpcore -> OSError(s)
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, socket.gaierror):
+            return "host name not found"
+        if isinstance(seen, ssl.SSLError):
+            return "TLS handshake failed"
+        if isinstance(seen, OSError) and seen.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return "network unreachable"
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc).lower()
+    if "refused" in text:
+        return "connection refused"
+    if "name or service not known" in text or "nodename nor servname" in text:
+        return "host name not found"
+    return f"connection failed, {type(exc).__name__}"
 
 
 def wall_clock() -> float:

@@ -19,6 +19,7 @@ from syncer.errors import CredentialsRejected, DeliveryError, RejectedError
 from syncer.model import Endpoint, Op
 
 WHO: Final = "Blux"
+BASE_URL_KEY: Final = "[blux] base_url"
 
 
 def _headers(config: BluxConfig) -> dict[str, str]:
@@ -59,7 +60,8 @@ class BluxUpdate:
         for op in ops:
             assert op.payload is not None
             users.append(op.payload.body(op.user_id))
-        return Request("POST", self.url, _headers(self.config), encode({"users": users}))
+        return Request("POST", self.url, _headers(self.config), encode({"users": users}),
+                       BASE_URL_KEY)
 
     def classify(self, answer: Answer, now_epoch: float) -> DeliveryError | None:
         return classify(answer, now_epoch)
@@ -77,7 +79,7 @@ class BluxDelete:
 
     def build(self, ops: Sequence[Op]) -> Request:
         return Request("POST", self.url, _headers(self.config),
-                       encode({"user_ids": [op.user_id for op in ops]}))
+                       encode({"user_ids": [op.user_id for op in ops]}), BASE_URL_KEY)
 
     def classify(self, answer: Answer, now_epoch: float) -> DeliveryError | None:
         return classify(answer, now_epoch)

@@ -77,7 +77,8 @@ class NachocodeWithdraw:
 
     def build(self, ops: Sequence[Op]) -> Request:
         (op,) = ops
-        return Request(self.config.method, self.url, self.headers, encode({"userId": op.user_id}))
+        return Request(self.config.method, self.url, self.headers, encode({"userId": op.user_id}),
+                       "[nachocode] base_url")
 
     def classify(self, answer: Answer, now_epoch: float) -> DeliveryError | None:
         return classify(answer, now_epoch)
