@@ -291,3 +291,38 @@ def test_a_user_the_api_keeps_failing_is_quarantined_and_tried_again_later(
     fixed = once(config, sandbox_app)                   # the API takes it now
     assert fixed.counts["updated"] == 1 and fixed.outcome == "ok", fixed.message
     assert commands.status(config).quarantined == []
+
+
+def test_outbox_knows_a_key_deleted_and_recreated_between_passes(
+        source_url: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    """Outbox mode: the trigger marks deletions, so a key deleted and inserted again before the
+    next pass is another person: the previous one is deleted and withdrawn, then the new one
+    is sent whole (Blux keeps nothing of the old profile). An outbox installed by an earlier
+    version (no `deleted` column) gets it when `outbox install` runs again."""
+    from syncer.capture import outbox as ob
+
+    create_users_table(source_url)
+    insert_users(source_url, [user_row(i) for i in range(1, 11)])
+    config = make_config(source_url, f"sqlite:///{tmp_path / 'state.db'}",
+                         capture={"mode": "outbox"})
+    ob.install(config)
+    execute(source_url, "ALTER TABLE syncer_outbox DROP COLUMN deleted")   # as it used to be
+    ob.install(config)                                   # upgrades it
+    assert once(config, sandbox_app).counts["updated"] == 10
+    execute(source_url, "DELETE FROM users WHERE id = 5")
+    insert_users(source_url, [user_row(5, name="new person", phone=None, email=None)])
+
+    first = once(config, sandbox_app)
+    assert first.counts["recreated"] == 1
+    assert first.counts["deleted"] == 1 and first.counts["withdrawn"] == 1
+    assert sandbox_app.user("5") is None
+    second = once(config, sandbox_app)
+    assert second.counts["updated"] == 1
+    user = sandbox_app.user("5")
+    assert user is not None and "phone_number" not in user["user_properties"]
+    assert user["custom_user_properties"]["name"] == "new person"
+    # an ordinary update of the new person is just an update
+    execute(source_url, "UPDATE users SET name = 'renamed' WHERE id = 5")
+    third = once(config, sandbox_app)
+    assert third.counts["updated"] == 1 and "recreated" not in third.counts
+    assert sandbox_app.snapshot()["withdrawn_user_ids"] == ["5"]

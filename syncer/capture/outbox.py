@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Final
 
 import structlog
+from sqlalchemy import inspect
+from sqlalchemy.exc import SQLAlchemyError
 
 from syncer.capture import Candidates, CaptureContext, pending_keys, sort_keys
 from syncer.capture.snapshot import SnapshotCapture
@@ -46,6 +48,7 @@ class OutboxNames:
     channel: str      # PostgreSQL NOTIFY channel
     pk: str           # quoted key column
     watched: tuple[str, ...]  # quoted columns whose change matters
+    schema: str | None = None  # unquoted schema of the outbox (None: the connection's default)
 
     def quoted_trigger(self, suffix: str, q: Callable[[str], str]) -> str:
         return q(f"{self.trigger}_{suffix}")
@@ -71,6 +74,7 @@ def names(source: Source, capture: CaptureConfig, schema: str | None) -> OutboxN
         channel=channel_name(capture.outbox_table),
         pk=q(source.config.primary_key),
         watched=tuple(q(c) for c in dict.fromkeys(watched)),
+        schema=schema,
     )
 
 
@@ -111,16 +115,26 @@ def mysql_key_type(data_type: str | None) -> str:
 
 
 def install_sql(n: OutboxNames, q: Callable[[str], str],
-                key_type: str = MYSQL_TEXT_KEY) -> list[str]:
+                key_type: str = MYSQL_TEXT_KEY, add_deleted: bool = False) -> list[str]:
     """The DDL; ``key_type`` is the MySQL/MariaDB type of ``user_key`` (see
-    :func:`mysql_key_type`). A NULL key is left out: it cannot name a user."""
+    :func:`mysql_key_type`). A NULL key is left out: it cannot name a user. ``deleted`` marks
+    the rows left by a deletion (or by the old key of a key change), so that a key deleted and
+    re-created between two passes is known to be another person; ``add_deleted`` adds that
+    column to an outbox installed by an earlier version."""
+    upgrade = ([f"ALTER TABLE {n.outbox} ADD COLUMN deleted SMALLINT NOT NULL DEFAULT 0"]
+               if add_deleted else [])
+    create, *rest = _install_sql(n, q, key_type)
+    return [create, *upgrade, *rest]
+
+
+def _install_sql(n: OutboxNames, q: Callable[[str], str], key_type: str) -> list[str]:
     if n.dialect == "postgresql":
         changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in n.watched)
         body = f"""
 BEGIN
     IF TG_OP = 'DELETE' THEN
         IF OLD.{n.pk} IS NOT NULL THEN
-            INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk}::text);
+            INSERT INTO {n.outbox} (user_key, deleted) VALUES (OLD.{n.pk}::text, 1);
         END IF;
     ELSE
         IF NEW.{n.pk} IS NOT NULL THEN
@@ -128,7 +142,7 @@ BEGIN
         END IF;
         IF TG_OP = 'UPDATE' AND NEW.{n.pk} IS DISTINCT FROM OLD.{n.pk}
                 AND OLD.{n.pk} IS NOT NULL THEN
-            INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk}::text);
+            INSERT INTO {n.outbox} (user_key, deleted) VALUES (OLD.{n.pk}::text, 1);
         END IF;
     END IF;
     PERFORM pg_notify('{n.channel}', '');
@@ -139,7 +153,8 @@ END
             f"""CREATE TABLE IF NOT EXISTS {n.outbox} (
     id bigserial PRIMARY KEY,
     user_key text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    deleted smallint NOT NULL DEFAULT 0
 )""",
             f"""CREATE OR REPLACE FUNCTION {n.function}() RETURNS trigger
 LANGUAGE plpgsql AS {dollar_quote(body)}""",
@@ -161,7 +176,8 @@ LANGUAGE plpgsql AS {dollar_quote(body)}""",
             f"""CREATE TABLE IF NOT EXISTS {n.outbox} (
     id BIGINT AUTO_INCREMENT PRIMARY KEY,
     user_key {key_type} NOT NULL,
-    created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+    created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    deleted SMALLINT NOT NULL DEFAULT 0
 ) ENGINE=InnoDB""",
             # an outbox installed by an earlier version had VARCHAR(255)
             f"ALTER TABLE {n.outbox} MODIFY user_key {key_type} NOT NULL",
@@ -177,13 +193,13 @@ BEGIN
             INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk});
         END IF;
         IF NOT (BINARY OLD.{n.pk} <=> BINARY NEW.{n.pk}) AND OLD.{n.pk} IS NOT NULL THEN
-            INSERT INTO {n.outbox} (user_key) VALUES (OLD.{n.pk});
+            INSERT INTO {n.outbox} (user_key, deleted) VALUES (OLD.{n.pk}, 1);
         END IF;
     END IF;
 END""",
             f"DROP TRIGGER IF EXISTS {n.quoted_trigger('del', q)}",
             f"CREATE TRIGGER {n.quoted_trigger('del', q)} AFTER DELETE ON {n.table} FOR EACH ROW "
-            f"INSERT INTO {n.outbox} (user_key) SELECT OLD.{n.pk} FROM DUAL "
+            f"INSERT INTO {n.outbox} (user_key, deleted) SELECT OLD.{n.pk}, 1 FROM DUAL "
             f"WHERE OLD.{n.pk} IS NOT NULL",
         ]
     same = " AND ".join(f"OLD.{c} IS NEW.{c}" for c in n.watched)
@@ -191,7 +207,8 @@ END""",
         f"""CREATE TABLE IF NOT EXISTS {n.outbox} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     user_key TEXT NOT NULL,
-    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    deleted INTEGER NOT NULL DEFAULT 0
 )""",
         f"DROP TRIGGER IF EXISTS {n.quoted_trigger('ins', q)}",
         f"CREATE TRIGGER {n.quoted_trigger('ins', q)} AFTER INSERT ON {n.table} BEGIN "
@@ -200,11 +217,12 @@ END""",
         f"CREATE TRIGGER {n.quoted_trigger('upd', q)} AFTER UPDATE OF {', '.join(n.watched)} "
         f"ON {n.table} WHEN NOT ({same}) BEGIN "
         f"INSERT INTO {n.outbox} (user_key) SELECT NEW.{n.pk} WHERE NEW.{n.pk} IS NOT NULL; "
-        f"INSERT INTO {n.outbox} (user_key) SELECT OLD.{n.pk} WHERE OLD.{n.pk} IS NOT NEW.{n.pk} "
-        f"AND OLD.{n.pk} IS NOT NULL; END",
+        f"INSERT INTO {n.outbox} (user_key, deleted) SELECT OLD.{n.pk}, 1 "
+        f"WHERE OLD.{n.pk} IS NOT NEW.{n.pk} AND OLD.{n.pk} IS NOT NULL; END",
         f"DROP TRIGGER IF EXISTS {n.quoted_trigger('del', q)}",
         f"CREATE TRIGGER {n.quoted_trigger('del', q)} AFTER DELETE ON {n.table} BEGIN "
-        f"INSERT INTO {n.outbox} (user_key) SELECT OLD.{n.pk} WHERE OLD.{n.pk} IS NOT NULL; END",
+        f"INSERT INTO {n.outbox} (user_key, deleted) SELECT OLD.{n.pk}, 1 "
+        f"WHERE OLD.{n.pk} IS NOT NULL; END",
     ]
 
 
@@ -246,7 +264,21 @@ def _statements(config: Config, uninstall: bool) -> tuple[Source, list[str]]:
     key_type = MYSQL_TEXT_KEY
     if n.dialect in ("mysql", "mariadb"):
         key_type = mysql_key_type(_mysql_data_type(source, config.source))
-    return source, install_sql(n, source.q, key_type)
+    columns = outbox_columns(source, n)
+    return source, install_sql(n, source.q, key_type,
+                               add_deleted=columns is not None and "deleted" not in columns)
+
+
+def outbox_columns(source: Source, n: OutboxNames) -> set[str] | None:
+    """The outbox table's columns, or None when it does not exist (yet)."""
+    try:
+        with source.connect() as conn:
+            insp = inspect(conn)
+            if not insp.has_table(n.outbox_bare, schema=n.schema):
+                return None
+            return {str(c["name"]) for c in insp.get_columns(n.outbox_bare, schema=n.schema)}
+    except SQLAlchemyError:
+        return None
 
 
 def _mysql_data_type(source: Source, config: SourceConfig) -> str | None:
@@ -329,6 +361,7 @@ class OutboxCapture:
         self.capture = capture
         self.source_config = source
         self._names: OutboxNames | None = None
+        self._marked: bool | None = None
 
     def _n(self, ctx: CaptureContext) -> OutboxNames:
         if self._names is None:
@@ -355,10 +388,14 @@ class OutboxCapture:
             out.commit = lambda: ctx.state.set_cursor(CURSOR, "snapshot taken", _utcnow())
             out.position = {"outbox": "first pass: full snapshot"}
             return out
-        rows = ctx.source.run(f"SELECT id, user_key FROM {n.outbox} ORDER BY id LIMIT {BATCH}")
+        marked = self._marks_deletions(ctx, n)
+        rows = ctx.source.run(f"SELECT id, user_key, {'deleted' if marked else '0'} "
+                              f"FROM {n.outbox} ORDER BY id LIMIT {BATCH}")
         ids = [r[0] for r in rows]
         keys = [ctx.source.typed_key(k, k) for k in dict.fromkeys(r[1] for r in rows)]
         out = Candidates()
+        # a key deleted since the last pass whose row is there now: another person holds it
+        out.recreated = {ctx.source.typed_key(r[1], r[1]) for r in rows if r[2]}
         seen: set[str] = set()
         sort_keys(ctx, pending_keys(ctx, out), out, seen)
         sort_keys(ctx, keys, out, seen)
@@ -374,6 +411,14 @@ class OutboxCapture:
         out.commit = consume if ids else None
         return out
 
+    def _marks_deletions(self, ctx: CaptureContext, n: OutboxNames) -> bool:
+        """Whether the outbox has the ``deleted`` column (an outbox installed by an earlier
+        version does not, until ``syncer outbox install`` runs again)."""
+        if self._marked is None:
+            columns = outbox_columns(ctx.source, n)
+            self._marked = columns is not None and "deleted" in columns
+        return self._marked
+
     def starts_with_snapshot(self, ctx: CaptureContext) -> bool:
         return ctx.state.get_cursor(CURSOR) is None
 
@@ -383,6 +428,10 @@ class OutboxCapture:
         depth, oldest = rows[0]
         position: dict[str, object] = {"outbox_depth": int(depth),
                                        "oldest": None if oldest is None else str(oldest)}
+        if not self._marks_deletions(ctx, n):
+            position["outbox_upgrade"] = ("the outbox has no `deleted` column (an earlier "
+                                          "version): run `syncer outbox install` again so a "
+                                          "key deleted and re-created between passes is seen")
         drift = watched_drift(ctx.source, n)
         if drift:
             position["triggers"] = (f"do not watch {', '.join(drift)}: run `syncer outbox "
