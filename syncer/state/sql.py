@@ -29,6 +29,8 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from syncer.errors import ConfigError, StateError
 from syncer.model import (
+    BLUX,
+    NACHOCODE,
     Delivered,
     KeyKind,
     Quarantine,
@@ -46,6 +48,9 @@ from syncer.state import (
 from syncer.state import schema as t
 
 _IN_CHUNK = 500
+# Every destination there is: lookups by user name them, so that the primary keys
+# (destination, user_id) serve them as index searches instead of scans.
+DESTINATIONS = (BLUX, NACHOCODE)
 
 
 def migrations_dir() -> Path:
@@ -273,11 +278,13 @@ class SqlStateStore:
                                          "quarantine": {}, "seen_alive": bool(row.seen_alive),
                                          "identity": row.identity}
                 for d in conn.execute(select(t.deliveries).where(
+                        t.deliveries.c.destination.in_(DESTINATIONS),
                         t.deliveries.c.user_id.in_(part))):
                     entry = base.setdefault(d.user_id, _blank())
                     entry["deliveries"][d.destination] = Delivered(
                         d.fingerprint, d.field_tags, bool(d.deleted))
                 for q in conn.execute(select(t.quarantine).where(
+                        t.quarantine.c.destination.in_(DESTINATIONS),
                         t.quarantine.c.user_id.in_(part))):
                     entry = base.setdefault(q.user_id, _blank())
                     entry["quarantine"][q.destination] = Quarantine(
@@ -509,7 +516,8 @@ class SqlStateStore:
                 ids = list(user_ids)
             count = 0
             for part in _chunks(ids):
-                count += conn.execute(delete(t.quarantine).where(q.user_id.in_(part))).rowcount
+                count += conn.execute(delete(t.quarantine).where(
+                    q.destination.in_(DESTINATIONS), q.user_id.in_(part))).rowcount
                 conn.execute(update(t.users).where(t.users.c.user_id.in_(part))
                              .values(dirty=True, row_hash=None, dirty_since=_waiting()))
             return count
@@ -527,7 +535,8 @@ class SqlStateStore:
                 return int(n)
             n = 0
             for part in _chunks(list(user_ids)):
-                n += conn.execute(delete(t.deliveries).where(alive, d.user_id.in_(part))).rowcount
+                n += conn.execute(delete(t.deliveries).where(
+                    alive, d.destination.in_(DESTINATIONS), d.user_id.in_(part))).rowcount
                 conn.execute(update(t.users).where(t.users.c.user_id.in_(part))
                              .values(row_hash=None, dirty=True, dirty_since=_waiting()))
             return int(n)
