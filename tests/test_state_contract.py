@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +52,20 @@ def test_sql_meta_survives_reopening(tmp_path: Path) -> None:
     again = SqlStateStore.from_url(url)  # migrating twice is harmless
     assert again.get_meta("key_check") == "x1"
     again.close()
+
+
+def test_a_new_sqlite_state_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    old_umask = os.umask(0o022)   # the usual umask: files 0644 unless created otherwise
+    try:
+        store = SqlStateStore.from_url(f"sqlite:///{tmp_path / 'state.db'}")
+        store.write([w("1")], T0)
+        files = sorted(p.name for p in tmp_path.iterdir())
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        store.close()
+    finally:
+        os.umask(old_umask)
+    assert {"state.db", "state.db-wal", "state.db-shm"} <= set(files)
+    assert modes == {name: 0o600 for name in files}
 
 
 def test_write_and_lookup_round_trip(store: StateStore) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ def create_state_engine(url: str) -> Engine:
                     f"[state] url: the directory {parent} does not exist (create it, or use "
                     "systemd's StateDirectory=)"
                 )
+            _create_private(path)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                hide_parameters=True)
 
@@ -106,6 +108,17 @@ def create_state_engine(url: str) -> Engine:
     if parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+
+
+def _create_private(path: Path) -> None:
+    """Create a new SQLite state file with mode 0600 before SQLite opens it (an empty file is an
+    empty database); SQLite gives its -wal and -shm files the same mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"[state] url: cannot create {path} ({exc.strerror})") from None
 
 
 def migrate(engine: Engine) -> None:
