@@ -139,6 +139,8 @@ class ScheduleConfig(_Model):
 class StateConfig(_Model):
     url: str = "sqlite:////var/lib/syncer/state.db"
     key_file: str | None = None
+    # The pass history kept (rows of syncer_passes); older passes are pruned after each pass.
+    keep_passes: int = Field(default=10_000, ge=100)
 
     @property
     def redacted_url(self) -> str:

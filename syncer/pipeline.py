@@ -64,6 +64,7 @@ T = TypeVar("T")
 Progress = Callable[[str, int, int | None], None]
 
 _SAMPLE: Final = 20
+PRUNE_BATCH: Final = 500   # old passes deleted after each pass, at most
 
 
 def utcnow() -> dt.datetime:
@@ -476,6 +477,7 @@ class _Pass:
         if pass_id is not None:
             await rt.in_state(rt.state.finish_pass, pass_id, outcome, counts, message, utcnow(),
                               self.kind)
+            await self._prune_passes()
         seconds = time.monotonic() - started
         level = {"ok": log.info, "dry-run": log.info, "partial": log.warning,
                  "stopped": log.warning}.get(outcome, log.error)
@@ -485,6 +487,15 @@ class _Pass:
         return PassResult(pass_id, self.kind, rt.config.capture.mode, outcome, counts,
                           credentials, held, message, seconds, self.plan if self.dry_run else None,
                           self.more and outcome in ("ok", "partial"), dict(self.plan.position))
+
+    async def _prune_passes(self) -> None:
+        """Keep the pass history within ``[state] keep_passes``: a small batch after each pass
+        (the history only grows by one a pass, so it never falls behind for long)."""
+        try:
+            await self.rt.in_state(self.rt.state.prune_passes,
+                                   self.rt.config.state.keep_passes, PRUNE_BATCH)
+        except SyncerError as exc:
+            log.warning("state.prune_failed", error=str(exc))
 
     def _counts(self) -> dict[str, int]:
         counts = {k: v for k, v in self.counts.items() if v}

@@ -150,6 +150,21 @@ def test_pass_history(store: StateStore) -> None:
     assert passes[1].finished_at == T0 + dt.timedelta(seconds=2)
 
 
+def test_old_passes_are_pruned_a_batch_at_a_time(store: StateStore) -> None:
+    ids = [store.start_pass("incremental", "outbox", T0 + dt.timedelta(seconds=i), "host:1")
+           for i in range(30)]
+    store.finish_pass(ids[-1], "ok", {"updated": 1}, None, T0 + dt.timedelta(minutes=1))
+    assert store.prune_passes(10, 15) == 15
+    assert store.prune_passes(10, 15) == 5
+    assert store.prune_passes(10, 15) == 0
+    kept = store.recent_passes(100)
+    assert [p.id for p in kept] == ids[::-1][:10]
+    assert kept[0].outcome == "ok"
+    later = store.start_pass("incremental", "outbox", T0 + dt.timedelta(hours=1), "host:1")
+    store.finish_pass(later, "partial", {}, None, T0 + dt.timedelta(hours=1))
+    assert store.recent_passes(1)[0].outcome == "partial" and later not in ids
+
+
 def test_operator_retry_and_resync(store: StateStore) -> None:
     store.write([
         w("1", deliveries={"blux": Delivered(b"a" * 16, None, False)}),

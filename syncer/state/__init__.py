@@ -130,6 +130,10 @@ class StateStore(Protocol):
 
     def recent_passes(self, limit: int) -> list[PassRecord]: ...
 
+    def prune_passes(self, keep: int, batch: int) -> int:
+        """Delete the oldest passes beyond the newest ``keep``, at most ``batch`` of them (a
+        short transaction); returns how many went."""
+
     def quarantined(self, limit: int) -> list[QuarantineRow]: ...
 
     def problems(self, limit: int) -> list[ProblemRow]: ...

@@ -31,7 +31,8 @@ class MemoryStateStore:
         self.meta: dict[str, str] = {}
         self.users: dict[str, _User] = {}
         self.cursors: dict[str, str] = {}
-        self.passes: list[PassRecord] = []
+        self.passes: list[PassRecord] = []   # oldest first
+        self._last_pass_id = 0
         self.requests: list[tuple[str, str | None]] = []
 
     def get_meta(self, name: str) -> str | None:
@@ -172,20 +173,27 @@ class MemoryStateStore:
             self.cursors[name] = value
 
     def start_pass(self, kind: str, mode: str, now: dt.datetime, instance: str | None) -> int:
-        record = PassRecord(len(self.passes) + 1, now, None, kind, mode, "running", {}, None,
+        self._last_pass_id += 1
+        record = PassRecord(self._last_pass_id, now, None, kind, mode, "running", {}, None,
                             instance)
         self.passes.append(record)
         return record.id
 
     def finish_pass(self, pass_id: int, outcome: str, counts: dict[str, int],
                     message: str | None, now: dt.datetime, kind: str | None = None) -> None:
-        i = pass_id - 1
-        self.passes[i] = replace(self.passes[i], finished_at=now, outcome=outcome,
-                                 counts=dict(counts), message=message,
-                                 kind=kind or self.passes[i].kind)
+        for i, old in enumerate(self.passes):
+            if old.id == pass_id:
+                self.passes[i] = replace(old, finished_at=now, outcome=outcome,
+                                         counts=dict(counts), message=message,
+                                         kind=kind or old.kind)
 
     def recent_passes(self, limit: int) -> list[PassRecord]:
         return list(reversed(self.passes))[:limit]
+
+    def prune_passes(self, keep: int, batch: int) -> int:
+        gone = min(batch, max(0, len(self.passes) - keep))
+        del self.passes[:gone]
+        return gone
 
     def quarantined(self, limit: int) -> list[QuarantineRow]:
         rows = [q for u in self.users.values() for q in u.quarantine.values()]

@@ -468,6 +468,20 @@ class SqlStateStore:
         return [PassRecord(r.id, r.started_at, r.finished_at, r.kind, r.mode, r.outcome,
                            json.loads(r.counts or "{}"), r.message, r.instance) for r in rows]
 
+    def prune_passes(self, keep: int, batch: int) -> int:
+        def go(conn: Connection) -> int:
+            p = t.passes.c
+            edge = conn.execute(select(p.id).order_by(p.id.desc()).offset(keep).limit(1)).scalar()
+            if edge is None:
+                return 0
+            ids = [r[0] for r in conn.execute(
+                select(p.id).where(p.id <= edge).order_by(p.id).limit(batch))]
+            if ids:
+                conn.execute(delete(t.passes).where(p.id.in_(ids)))
+            return len(ids)
+
+        return int(self._run("prune", go))
+
     def quarantined(self, limit: int) -> list[QuarantineRow]:
         q = t.quarantine.c
         rows = self._run("quarantine", lambda c: c.execute(
