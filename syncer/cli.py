@@ -167,8 +167,14 @@ def _requeued(result: commands.Requeued, what: str) -> None:
     if result.sender is not None:
         console.print(f"{result.users} users {what}; the running daemon "
                       f"({escape(result.sender)}) sends them at its next pass")
+    else:
+        console.print(f"{result.users} users {what}; sending them now")
+    for name, ids in (("not quarantined", result.not_quarantined), ("unknown", result.unknown)):
+        if ids:
+            more = f" (and {len(ids) - 10} more)" if len(ids) > 10 else ""
+            console.print(f"  {name}: {escape(', '.join(ids[:10]))}{more}")
+    if result.sender is not None:
         sys.exit(EXIT_OK)
-    console.print(f"{result.users} users {what}; sending them now")
     assert result.result is not None
     from syncer.report import pass_summary
 

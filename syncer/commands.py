@@ -94,6 +94,8 @@ class Requeued:
     users: int
     result: PassResult | None   # the pass that sent them, when no daemon was running
     sender: str | None          # the daemon that will send them, when one was
+    not_quarantined: tuple[str, ...] = ()   # retry: ids asked for that were not in quarantine
+    unknown: tuple[str, ...] = ()           # retry: ids asked for that the state never saw
 
 
 def _requeue(config: Config, kind: str, user_ids: Sequence[str] | None,
@@ -102,19 +104,38 @@ def _requeue(config: Config, kind: str, user_ids: Sequence[str] | None,
     the users), else as a request the running sender applies at its next pass (marking users
     beside a pass in flight could be undone by that pass's own writes)."""
     rt = open_runtime(config, **runtime)
+    ids = list(dict.fromkeys(user_ids)) if user_ids else None
     try:
         held = sender_lock.for_config(config, rt.instance)
         if not held.acquire():
-            count = rt.state.request(kind, list(user_ids) if user_ids else None)
-            users = count if user_ids else rt.state.counts().known
-            return Requeued(users, None, held.holder() or "another instance")
+            count = rt.state.request(kind, ids)
+            sender = held.holder() or "another instance"
+            if kind == "retry":
+                quarantined = rt.state.quarantined_ids(ids)
+                return Requeued(len(quarantined), None, sender,
+                                *_not_quarantined(rt, ids, quarantined))
+            return Requeued(count if ids else rt.state.counts().known, None, sender)
         try:
-            users = apply_request(rt, kind, list(user_ids) if user_ids else None)
-            return Requeued(users, run_pass(rt, progress=progress), None)
+            missing: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+            if kind == "retry":
+                missing = _not_quarantined(rt, ids, rt.state.quarantined_ids(ids))
+            users = apply_request(rt, kind, ids)
+            return Requeued(users, run_pass(rt, progress=progress), None, *missing)
         finally:
             held.release()
     finally:
         rt.close()
+
+
+def _not_quarantined(rt: Runtime, ids: list[str] | None,
+                     quarantined: set[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Of the ids asked for, those known but not in quarantine, and those never seen."""
+    if ids is None:
+        return (), ()
+    rest = [uid for uid in ids if uid not in quarantined]
+    known = rt.state.peek(rest)
+    return (tuple(uid for uid in rest if uid in known),
+            tuple(uid for uid in rest if uid not in known))
 
 
 def apply_request(rt: Runtime, kind: str, user_ids: list[str] | None) -> int:

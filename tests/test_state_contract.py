@@ -171,8 +171,13 @@ def test_operator_retry_and_resync(store: StateStore) -> None:
         w("2", quarantine_set=(Quarantine("blux", b"b" * 16, "400"),)),
         w("3", gone=True, deliveries={"blux": Delivered(None, None, True)}),
     ], T0)
-    assert store.requeue_quarantined(None) == 1
-    assert store.quarantined(10) == []
+    store.write([w("2", quarantine_set=(Quarantine("nachocode", b"b" * 16, "400"),))], T0)
+    assert store.quarantined_ids(None) == {"2"}
+    assert store.quarantined_ids(["1", "2", "404"]) == {"2"}
+    assert store.requeue_quarantined(["1", "404"]) == 0   # nobody there: nothing changes
+    assert not store.lookup(["1"])["1"].dirty and "404" not in store.lookup(["404"])
+    assert store.requeue_quarantined(None) == 1   # users, not one per destination
+    assert store.quarantined(10) == [] and store.quarantined_ids(None) == set()
     assert store.lookup(["2"])["2"].dirty
     assert store.forget(["1"]) == 1
     assert "blux" not in store.lookup(["1"])["1"].deliveries

@@ -140,8 +140,12 @@ class StateStore(Protocol):
 
     def counts(self) -> StateCounts: ...
 
+    def quarantined_ids(self, user_ids: Sequence[str] | None) -> set[str]:
+        """The users in quarantine at any destination (all, or among these)."""
+
     def requeue_quarantined(self, user_ids: Sequence[str] | None) -> int:
-        """Forget quarantine entries (all, or these users) and mark the users dirty."""
+        """Forget quarantine entries (all, or these users) and mark those users dirty; returns
+        how many users were taken out of quarantine (a user not in it is left alone)."""
 
     def forget(self, user_ids: Sequence[str] | None) -> int:
         """Forget what was delivered (all, or these users) so they are sent again."""

@@ -220,18 +220,19 @@ class MemoryStateStore:
             sum(u.dirty for u in self.users.values()), quarantined, delivered,
             sum(1 for u in self.users.values() if u.problems), tombstones)
 
-    def requeue_quarantined(self, user_ids: Sequence[str] | None) -> int:
+    def quarantined_ids(self, user_ids: Sequence[str] | None) -> set[str]:
         ids = list(self.users) if user_ids is None else [i for i in user_ids if i in self.users]
-        count = 0
+        return {uid for uid in ids if self.users[uid].quarantine}
+
+    def requeue_quarantined(self, user_ids: Sequence[str] | None) -> int:
+        ids = self.quarantined_ids(user_ids)
         for uid in ids:
             u = self.users[uid]
-            count += len(u.quarantine)
-            if u.quarantine:
-                u.quarantine.clear()
-                u.q_fingerprints.clear()
-                u.dirty, u.row_hash = True, None
-                u.dirty_since = u.dirty_since or dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        return count
+            u.quarantine.clear()
+            u.q_fingerprints.clear()
+            u.dirty, u.row_hash = True, None
+            u.dirty_since = u.dirty_since or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        return len(ids)
 
     def forget(self, user_ids: Sequence[str] | None) -> int:
         ids = list(self.users) if user_ids is None else [i for i in user_ids if i in self.users]

@@ -522,19 +522,28 @@ class SqlStateStore:
 
     # -- operator actions
 
+    def quarantined_ids(self, user_ids: Sequence[str] | None) -> set[str]:
+        return set(self._run("quarantine", self._quarantined_ids, user_ids))
+
+    @staticmethod
+    def _quarantined_ids(conn: Connection, user_ids: Sequence[str] | None) -> set[str]:
+        q = t.quarantine.c
+        if user_ids is None:
+            return {r[0] for r in conn.execute(select(func.distinct(q.user_id)))}
+        found: set[str] = set()
+        for part in _chunks(list(dict.fromkeys(user_ids))):
+            found.update(r[0] for r in conn.execute(
+                select(func.distinct(q.user_id)).where(q.user_id.in_(part))))
+        return found
+
     def requeue_quarantined(self, user_ids: Sequence[str] | None) -> int:
         def go(conn: Connection) -> int:
-            q = t.quarantine.c
-            if user_ids is None:
-                ids = [r[0] for r in conn.execute(select(func.distinct(q.user_id)))]
-            else:
-                ids = list(user_ids)
-            count = 0
+            ids = sorted(self._quarantined_ids(conn, user_ids))
             for part in _chunks(ids):
-                count += conn.execute(delete(t.quarantine).where(q.user_id.in_(part))).rowcount
+                conn.execute(delete(t.quarantine).where(t.quarantine.c.user_id.in_(part)))
                 conn.execute(update(t.users).where(t.users.c.user_id.in_(part))
                              .values(dirty=True, row_hash=None, dirty_since=_waiting()))
-            return count
+            return len(ids)
 
         return int(self._run("retry", go))
 
