@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from syncer import __version__, commands, logs
 from syncer.config import Config, load, resolve_path
-from syncer.errors import ConfigError, SourceError, StateError, SyncerError
+from syncer.errors import ConfigError, SourceError, StateError, StateMissing, SyncerError
 from syncer.logs import LEVELS
 from syncer.pipeline import Progress as ProgressFn
 
@@ -145,9 +145,12 @@ def plan(config: Config, reconcile: bool, show_values: bool | None) -> None:
     Sends nothing and changes nothing."""
     from syncer.report import plan_report
 
+    missing = commands.missing_state(config)
     with progress_bar(Console(stderr=True)) as progress:
         result = commands.plan(config, reconcile=reconcile, progress=progress)
     console = Console()
+    if missing is not None:
+        click.echo(f"{missing}: this is what the first pass would send")
     plan_report(console, result, console.is_terminal if show_values is None else show_values)
     sys.exit(EXIT_OK if result.outcome == "dry-run" else EXIT_UNDELIVERED)
 
@@ -156,10 +159,16 @@ def plan(config: Config, reconcile: bool, show_values: bool | None) -> None:
 @click.option("--limit", default=10, show_default=True, help="Rows per table.")
 @common(secrets=False)
 def status(config: Config, limit: int) -> None:
-    """Recent passes, pending and lag, quarantined users with the reason, destination health."""
+    """Recent passes, pending and lag, quarantined users with the reason, destination health.
+    Exit 1 when there is no state yet (no pass has run with this config)."""
     from syncer.report import status_report
 
-    status_report(Console(), commands.status(config, limit=limit))
+    try:
+        report = commands.status(config, limit=limit)
+    except StateMissing as exc:
+        click.echo(str(exc))   # one line, never wrapped: it holds a path
+        sys.exit(EXIT_UNDELIVERED)
+    status_report(Console(), report)
 
 
 def _requeued(result: commands.Requeued, what: str) -> None:

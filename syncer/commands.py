@@ -15,11 +15,16 @@ import structlog
 from syncer import fingerprint_key
 from syncer import lock as sender_lock
 from syncer.config import Config
-from syncer.errors import ConfigError, SyncerError
+from syncer.errors import ConfigError, StateMissing, SyncerError
 from syncer.pipeline import PassResult, Progress, Runtime, plan_pass, run_pass
 from syncer.state import PassRecord, ProblemRow, QuarantineRow, StateCounts
 from syncer.state.memory import MemoryStateStore
-from syncer.state.sql import SqlStateStore, create_state_engine, sqlite_path
+from syncer.state.sql import (
+    SqlStateStore,
+    create_state_engine,
+    state_exists,
+    state_location,
+)
 from syncer.state.sql import migrate as migrate_state
 
 log = structlog.get_logger("syncer.commands")
@@ -175,12 +180,19 @@ def resync(config: Config, user_ids: Sequence[str] | None = None, *, new_key: bo
     return _requeue(config, "resync", user_ids, progress, runtime)
 
 
+def missing_state(config: Config) -> str | None:
+    """What to say when no state exists yet where the config points (None when one does)."""
+    if state_exists(config.state.url):
+        return None
+    return (f"no state yet at {state_location(config.state.url)} (no pass has run with this "
+            "config; if one has, check -c and [state] url)")
+
+
 def plan(config: Config, *, reconcile: bool = False, progress: Progress | None = None,
          **runtime: object) -> PassResult:
-    """What a pass would send. Before the very first pass (no SQLite state file yet) the plan
-    runs against an empty state in memory, so that it creates nothing."""
-    path = sqlite_path(config.state.url)
-    if path is not None and not path.exists() and "state" not in runtime:
+    """What a pass would send. Before the very first pass (no state yet) the plan runs against
+    an empty state in memory, so that it creates nothing."""
+    if "state" not in runtime and not state_exists(config.state.url):
         runtime = {**runtime, "state": MemoryStateStore(), "fingerprint": os.urandom(32)}
     rt = open_runtime(config, **runtime)
     try:
@@ -233,6 +245,10 @@ def destination_health(config: Config, passes: list[PassRecord]) -> dict[str, st
 
 
 def status(config: Config, *, limit: int = 10) -> StatusReport:
+    """What the state says. Raises StateMissing, creating nothing, when there is no state."""
+    missing = missing_state(config)
+    if missing is not None:
+        raise StateMissing(missing)
     store = SqlStateStore.from_url(config.state.url)
     try:
         passes = store.recent_passes(max(limit, 50))

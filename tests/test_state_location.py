@@ -3,15 +3,25 @@ that create no state, and a new state refused where the outbox shows an earlier 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from syncer import commands
 from syncer.config import Config, load
+from syncer.errors import StateMissing
 from syncer.sandbox import SandboxApp, mock_transport
 
-from .conftest import MAPPING_TOML, SANDBOX, create_users_table, insert_users, user_row
+from .conftest import (
+    MAPPING_TOML,
+    SANDBOX,
+    create_users_table,
+    insert_users,
+    make_config,
+    user_row,
+)
 
 
 def app_folder(tmp_path: Path, users: int = 10, *, extra: str = "") -> Path:
@@ -61,3 +71,46 @@ def test_a_relative_state_is_the_same_state_from_any_directory(
     assert list(other.iterdir()) == []
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("state.db-")) == \
         ["app.db", "config.toml", "fingerprint.key", "state.db", "state.db.lock"]
+
+
+def test_status_before_the_first_pass_says_so_and_creates_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = app_folder(tmp_path)
+    before = sorted(folder.iterdir())
+    config = load(folder / "config.toml", secrets=False)
+    with pytest.raises(StateMissing, match=r"no state yet at .*ob/state.db \(no pass has run"):
+        commands.status(config)
+    shown = subprocess.run([sys.executable, "-m", "syncer", "status", "-c",
+                            str(folder / "config.toml")], capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert f"no state yet at {folder / 'state.db'}" in shown.stdout
+    assert "Traceback" not in shown.stderr
+    planned = subprocess.run([sys.executable, "-m", "syncer", "plan", "-c",
+                              str(folder / "config.toml")], capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert "no state yet" in planned.stdout
+    assert sorted(folder.iterdir()) == before
+
+
+def test_status_and_plan_create_no_postgres_state(tmp_path: Path, pg_state_url: str,
+                                                  sandbox_app: SandboxApp) -> None:
+    import sqlalchemy as sa
+
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    insert_users(src, [user_row(i) for i in range(1, 4)])
+    config = make_config(src, pg_state_url, state={"key_file": str(tmp_path / "fp.key")})
+    with pytest.raises(StateMissing, match="no state yet at postgresql"):
+        commands.status(config)
+    planned = commands.plan(config, transport=mock_transport(sandbox_app))
+    assert planned.plan is not None and planned.plan.ops == {"blux.update": 3}
+    engine = sa.create_engine(pg_state_url)
+    try:
+        assert sa.inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+    assert not (tmp_path / "fp.key").exists()
+    commands.once(config, transport=mock_transport(sandbox_app))
+    assert len(commands.status(config).passes) == 1

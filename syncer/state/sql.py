@@ -19,6 +19,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
     text,
     tuple_,
@@ -73,6 +74,35 @@ def sqlite_path(url: str) -> Path | None:
     if not database or database == ":memory:" or "mode=memory" in (parsed.database or ""):
         return None
     return Path(database).expanduser().resolve()
+
+
+def state_location(url: str) -> str:
+    """Where a state lives, for messages: the SQLite file, or the URL without its password."""
+    try:
+        path = sqlite_path(url)
+    except ArgumentError:
+        path = None
+    return str(path) if path is not None else redact_url(url)
+
+
+def state_exists(url: str) -> bool:
+    """Whether a state was ever created at ``url``; finding out creates nothing."""
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        raise ConfigError(f"[state] url is not a database URL: {redact_url(url)}") from None
+    if backend == "sqlite":
+        path = sqlite_path(url)
+        if path is None or not path.is_file() or path.stat().st_size == 0:
+            return False
+    engine = create_state_engine(url)
+    try:
+        with engine.connect() as conn:
+            return inspect(conn).has_table(t.passes.name)
+    except SQLAlchemyError as exc:
+        raise StateError(f"state database: {_brief(exc)}") from exc
+    finally:
+        engine.dispose()
 
 
 def create_state_engine(url: str) -> Engine:
