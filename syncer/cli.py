@@ -108,14 +108,22 @@ def main(config: str | None, log_level: str | None) -> None:
     reached); 2 bad config or usage; 3 a destination rejected the credentials."""
 
 
+def new_state_option(fn: F) -> F:
+    return click.option(
+        "--new-state", is_flag=True,
+        help="Start with a new, empty state even though the outbox shows that another state "
+             "delivered the users (every user is sent again).")(fn)
+
+
 @main.command()
+@new_state_option
 @common(log_stream="stdout")
-def run(config: Config) -> None:
+def run(config: Config, new_state: bool) -> None:
     """The daemon: passes every [schedule] interval_seconds, reconcile on [capture]
     reconcile_cron, instant wake-ups in outbox mode on PostgreSQL; stops cleanly on SIGTERM."""
     from syncer.daemon import run_daemon
 
-    sys.exit(run_daemon(config))
+    sys.exit(run_daemon(config, new_state=new_state))
 
 
 @main.command()
@@ -123,12 +131,14 @@ def run(config: Config) -> None:
               help="Diff the whole table whatever the capture mode (catches hard deletes).")
 @click.option("--confirm", is_flag=True,
               help="Let a pass through that deletes more than max_delete_fraction of the users.")
+@new_state_option
 @common()
-def once(config: Config, reconcile: bool, confirm: bool) -> None:
+def once(config: Config, reconcile: bool, confirm: bool, new_state: bool) -> None:
     """One pass, then exit: 0 only when everything due was delivered."""
     console = Console()
     with progress_bar(Console(stderr=True)) as progress:
-        result = commands.once(config, reconcile=reconcile, confirm=confirm, progress=progress)
+        result = commands.once(config, reconcile=reconcile, confirm=confirm, progress=progress,
+                               new_state=new_state)
     from syncer.report import pass_summary
 
     pass_summary(console, result)
@@ -194,11 +204,12 @@ def _requeued(result: commands.Requeued, what: str) -> None:
 @main.command()
 @click.option("--user", "users", multiple=True, metavar="ID",
               help="Only this user (repeat for more) [default: every quarantined user].")
+@new_state_option
 @common()
-def retry(config: Config, users: tuple[str, ...]) -> None:
+def retry(config: Config, users: tuple[str, ...], new_state: bool) -> None:
     """Send quarantined users again now (after fixing what the destination refused)."""
     with progress_bar(Console(stderr=True)) as progress:
-        result = commands.retry(config, users or None, progress=progress)
+        result = commands.retry(config, users or None, progress=progress, new_state=new_state)
     _requeued(result, "taken out of quarantine")
 
 
@@ -209,14 +220,17 @@ def retry(config: Config, users: tuple[str, ...]) -> None:
                                                      "wiped, say).")
 @click.option("--new-key", is_flag=True,
               help="With --all: start a new fingerprint key (the old one is lost or leaked).")
+@new_state_option
 @common()
-def resync(config: Config, users: tuple[str, ...], everyone: bool, new_key: bool) -> None:
+def resync(config: Config, users: tuple[str, ...], everyone: bool, new_key: bool,
+           new_state: bool) -> None:
     """Forget what was delivered so these users are sent again, under the same rate limits and
     safety valve. Deletions already sent are not undone."""
     if bool(users) == everyone:
         raise click.UsageError("give --user ID (one or more) or --all")
     with progress_bar(Console(stderr=True)) as progress:
-        result = commands.resync(config, users or None, new_key=new_key, progress=progress)
+        result = commands.resync(config, users or None, new_key=new_key, progress=progress,
+                                 new_state=new_state)
     _requeued(result, "to be sent again")
 
 

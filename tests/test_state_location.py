@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from syncer import commands
+from syncer.capture import outbox as ob
 from syncer.config import Config, load
-from syncer.errors import StateMissing
-from syncer.sandbox import SandboxApp, mock_transport
+from syncer.errors import ConfigError, StateMissing
+from syncer.sandbox import SandboxApp, SandboxServer, mock_transport
 
 from .conftest import (
     MAPPING_TOML,
@@ -22,6 +23,7 @@ from .conftest import (
     make_config,
     user_row,
 )
+from .test_capture import add_users, create_table, touch
 
 
 def app_folder(tmp_path: Path, users: int = 10, *, extra: str = "") -> Path:
@@ -114,3 +116,72 @@ def test_status_and_plan_create_no_postgres_state(tmp_path: Path, pg_state_url: 
     assert not (tmp_path / "fp.key").exists()
     commands.once(config, transport=mock_transport(sandbox_app))
     assert len(commands.status(config).passes) == 1
+
+
+def outbox_config(url: str, state_dir: Path) -> Config:
+    state_dir.mkdir(exist_ok=True)
+    return make_config(url, f"sqlite:///{state_dir / 'state.db'}", capture={"mode": "outbox"})
+
+
+def test_a_new_state_is_refused_where_the_outbox_was_consumed(
+        source_url: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    create_table(source_url)
+    add_users(source_url, range(1, 11))
+    config = outbox_config(source_url, tmp_path / "a")
+    ob.install(config)
+    touch(source_url, "id = 1", "name = 'before the first pass'")   # waits in the outbox
+    transport = mock_transport(sandbox_app)
+    first = commands.once(config, transport=transport)   # the first pass after the install
+    assert first.outcome == "ok" and first.counts["updated"] == 10
+    touch(source_url, "id IN (2, 3)", "name = 'changed'")
+    assert commands.once(config, transport=transport).counts["updated"] == 2   # consumes
+    touch(source_url, "id = 4", "name = 'waiting'")   # the outbox holds a later row
+
+    sent = sandbox_app.snapshot()["requests"]["blux.update"]["total"]
+    for state in ("b", "c"):   # an outbox with rows, then an empty one
+        other = outbox_config(source_url, tmp_path / state)
+        with pytest.raises(ConfigError) as refused:
+            commands.once(other, transport=transport)
+        message = str(refused.value)
+        assert str(tmp_path / state / "state.db") in message
+        assert "new" in message and "--new-state" in message and "[state] url" in message
+        assert list((tmp_path / state).iterdir()) == []   # refused before creating anything
+        with pytest.raises(ConfigError, match="--new-state"):
+            commands.retry(other, transport=transport)
+        assert list((tmp_path / state).iterdir()) == []
+        commands.once(config, transport=transport)   # the right state consumes the outbox
+    assert sandbox_app.snapshot()["requests"]["blux.update"]["total"] == sent + 1
+
+    other = outbox_config(source_url, tmp_path / "c")
+    fresh = commands.once(other, new_state=True, transport=transport)
+    assert fresh.outcome == "ok" and fresh.counts["updated"] == 10   # everyone, again
+    touch(source_url, "id = 5", "name = 'after'")
+    assert commands.once(other, transport=transport).counts["updated"] == 1
+
+
+def test_the_cli_refuses_a_new_state_with_exit_2(tmp_path: Path,
+                                                 sandbox_server: SandboxServer) -> None:
+    folder = app_folder(tmp_path, extra='mode = "outbox"\n')
+    text = (folder / "config.toml").read_text().replace(
+        "http://sandbox/blux", sandbox_server.blux_base_url)
+    (folder / "config.toml").write_text(text)
+    config = load(folder / "config.toml")
+    ob.install(config)
+    run = [sys.executable, "-m", "syncer", "-c", str(folder / "config.toml")]
+    for _ in range(2):   # the snapshot, then a pass that consumes the outbox
+        touch(f"sqlite:///{folder / 'app.db'}", "id = 1", "name = 'again'", bump=False)
+        assert subprocess.run([*run, "once"], capture_output=True, timeout=60,
+                              check=False).returncode == 0
+    (folder / "state.db").rename(folder / "old-state.db")
+    refused = subprocess.run([*run, "once"], capture_output=True, text=True, timeout=60,
+                             check=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "--new-state" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (folder / "state.db").exists()
+    fresh = subprocess.run([*run, "once", "--new-state"], capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    for command in ("run", "retry", "resync"):
+        shown = subprocess.run([*run, command, "--help"], capture_output=True, text=True,
+                               timeout=60, check=False)
+        assert "--new-state" in shown.stdout
