@@ -6,10 +6,13 @@ rejected the credentials."""
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from types import FrameType
+from typing import Any, NoReturn, TypeVar
 
 import click
 import structlog
@@ -21,12 +24,14 @@ from syncer import __version__, commands, logs
 from syncer.config import Config, load, resolve_path
 from syncer.errors import ConfigError, SourceError, StateError, StateMissing, SyncerError
 from syncer.logs import LEVELS
+from syncer.pipeline import PassResult
 from syncer.pipeline import Progress as ProgressFn
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = structlog.get_logger("syncer.cli")
 
 EXIT_OK, EXIT_UNDELIVERED, EXIT_CONFIG, EXIT_CREDENTIALS = 0, 1, 2, 3
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
 def _level(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -67,6 +72,10 @@ def common(needs_config: bool = True, log_stream: str = "stderr",
             except SyncerError as exc:
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(EXIT_UNDELIVERED)
+            except KeyboardInterrupt:   # a second Ctrl-C: no waiting for requests in flight
+                click.echo("aborted: what was in flight is sent again by the next pass",
+                           err=True)
+                sys.exit(EXIT_INTERRUPTED)
 
         if needs_config:
             inner = click.option(
@@ -76,6 +85,51 @@ def common(needs_config: bool = True, log_stream: str = "stderr",
         return inner  # type: ignore[return-value]
 
     return wrap
+
+
+class Interrupt:
+    """The first SIGINT (Ctrl-C) or SIGTERM during a command that sends stops its pass the way
+    the daemon stops: no new work, the requests in flight finish or time out, what was
+    delivered is recorded. A second one aborts at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.event.set()
+        log.warning("pass.stopping", signal=signal.Signals(signum).name)
+        click.echo("stopping: the requests in flight finish and what was delivered is "
+                   "recorded (Ctrl-C again aborts at once)", err=True)
+
+    @classmethod
+    @contextmanager
+    def catching(cls) -> Iterator[Interrupt]:
+        interrupt = cls()
+        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT,
+                                                                   signal.SIGTERM)}
+        try:
+            yield interrupt
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _finish(console: Console, result: PassResult, interrupt: Interrupt) -> NoReturn:
+    """Print the pass and exit with its code, or 128 + the signal when one stopped it."""
+    from syncer.report import pass_summary
+
+    pass_summary(console, result)
+    if result.outcome == "stopped" and interrupt.signum is not None:
+        delivered = sum(result.counts.get(k, 0) for k in ("updated", "deleted", "withdrawn"))
+        left = result.counts.get("left")
+        click.echo(f"stopped: {delivered} delivered, "
+                   + ("the rest" if left is None else str(left)) + " left for the next pass")
+        sys.exit(128 + interrupt.signum)
+    sys.exit(result.exit_code)
 
 
 @contextmanager
@@ -135,14 +189,10 @@ def run(config: Config, new_state: bool) -> None:
 @common()
 def once(config: Config, reconcile: bool, confirm: bool, new_state: bool) -> None:
     """One pass, then exit: 0 only when everything due was delivered."""
-    console = Console()
-    with progress_bar(Console(stderr=True)) as progress:
+    with Interrupt.catching() as interrupt, progress_bar(Console(stderr=True)) as progress:
         result = commands.once(config, reconcile=reconcile, confirm=confirm, progress=progress,
-                               new_state=new_state)
-    from syncer.report import pass_summary
-
-    pass_summary(console, result)
-    sys.exit(result.exit_code)
+                               new_state=new_state, stop=interrupt.event)
+    _finish(Console(), result, interrupt)
 
 
 @main.command()
@@ -181,7 +231,7 @@ def status(config: Config, limit: int) -> None:
     status_report(Console(), report)
 
 
-def _requeued(result: commands.Requeued, what: str) -> None:
+def _requeued(result: commands.Requeued, what: str, interrupt: Interrupt) -> None:
     console = Console()
     if result.sender is not None:
         console.print(f"{result.users} users {what}; the running daemon "
@@ -195,10 +245,7 @@ def _requeued(result: commands.Requeued, what: str) -> None:
     if result.sender is not None:
         sys.exit(EXIT_OK)
     assert result.result is not None
-    from syncer.report import pass_summary
-
-    pass_summary(console, result.result)
-    sys.exit(result.result.exit_code)
+    _finish(console, result.result, interrupt)
 
 
 @main.command()
@@ -208,9 +255,10 @@ def _requeued(result: commands.Requeued, what: str) -> None:
 @common()
 def retry(config: Config, users: tuple[str, ...], new_state: bool) -> None:
     """Send quarantined users again now (after fixing what the destination refused)."""
-    with progress_bar(Console(stderr=True)) as progress:
-        result = commands.retry(config, users or None, progress=progress, new_state=new_state)
-    _requeued(result, "taken out of quarantine")
+    with Interrupt.catching() as interrupt, progress_bar(Console(stderr=True)) as progress:
+        result = commands.retry(config, users or None, progress=progress, new_state=new_state,
+                                stop=interrupt.event)
+    _requeued(result, "taken out of quarantine", interrupt)
 
 
 @main.command()
@@ -228,10 +276,10 @@ def resync(config: Config, users: tuple[str, ...], everyone: bool, new_key: bool
     safety valve. Deletions already sent are not undone."""
     if bool(users) == everyone:
         raise click.UsageError("give --user ID (one or more) or --all")
-    with progress_bar(Console(stderr=True)) as progress:
+    with Interrupt.catching() as interrupt, progress_bar(Console(stderr=True)) as progress:
         result = commands.resync(config, users or None, new_key=new_key, progress=progress,
-                                 new_state=new_state)
-    _requeued(result, "to be sent again")
+                                 new_state=new_state, stop=interrupt.event)
+    _requeued(result, "to be sent again", interrupt)
 
 
 @main.command()

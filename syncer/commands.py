@@ -149,7 +149,7 @@ class Requeued:
 
 
 def _requeue(config: Config, kind: str, user_ids: Sequence[str] | None,
-             progress: Progress | None, new_state: bool,
+             progress: Progress | None, new_state: bool, stop: threading.Event | None,
              runtime: dict[str, object]) -> Requeued:
     """Apply an operator request: here and now when no daemon is sending (then a pass sends
     the users), else as a request the running sender applies at its next pass (marking users
@@ -171,7 +171,7 @@ def _requeue(config: Config, kind: str, user_ids: Sequence[str] | None,
             if kind == "retry":
                 missing = _not_quarantined(rt, ids, rt.state.quarantined_ids(ids))
             users = apply_request(rt, kind, ids)
-            return Requeued(users, run_pass(rt, progress=progress), None, *missing)
+            return Requeued(users, run_pass(rt, progress=progress, stop=stop), None, *missing)
         finally:
             held.release()
     finally:
@@ -198,15 +198,15 @@ def apply_request(rt: Runtime, kind: str, user_ids: list[str] | None) -> int:
 
 def retry(config: Config, user_ids: Sequence[str] | None = None, *,
           progress: Progress | None = None, new_state: bool = False,
-          **runtime: object) -> Requeued:
+          stop: threading.Event | None = None, **runtime: object) -> Requeued:
     """Send quarantined users again now (all, or these): the running daemon's next pass does,
     or a pass run here when none is running."""
-    return _requeue(config, "retry", user_ids, progress, new_state, runtime)
+    return _requeue(config, "retry", user_ids, progress, new_state, stop, runtime)
 
 
 def resync(config: Config, user_ids: Sequence[str] | None = None, *, new_key: bool = False,
            progress: Progress | None = None, new_state: bool = False,
-           **runtime: object) -> Requeued:
+           stop: threading.Event | None = None, **runtime: object) -> Requeued:
     """Forget what was delivered (to everyone, or these users) so they are sent again, under
     the same limits and safety valve. ``new_key`` (with all users) starts a new fingerprint key,
     for a lost or leaked one."""
@@ -225,7 +225,7 @@ def resync(config: Config, user_ids: Sequence[str] | None = None, *, new_key: bo
         finally:
             store.close()
             lock.release()
-    return _requeue(config, "resync", user_ids, progress, new_state, runtime)
+    return _requeue(config, "resync", user_ids, progress, new_state, stop, runtime)
 
 
 def missing_state(config: Config) -> str | None:

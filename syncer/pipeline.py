@@ -309,6 +309,7 @@ class _Pass:
             self.kind = "reconcile"   # the first pass of an incremental mode
         self.more = False
         self.key_kind: KeyKind = KeyKind.TEXT
+        self.settled = 0   # candidates done with for this pass (nothing left pending)
 
     # -- results of deliveries
 
@@ -331,6 +332,8 @@ class _Pass:
             self.counts[f"pending:{op.endpoint}"] += 1
         if len(work.outcomes) == len(work.ops):
             del self.tracking[op.user_id]
+            if all(o.status is not Status.PENDING for o in work.outcomes):
+                self.settled += 1
             self.writes.append(diff.settle(work.record, work.state, work.outcomes,
                                            work.key_int, work.source_key))
             self._recorded.set()
@@ -574,6 +577,8 @@ class _Pass:
         stopped = self.stop.is_set() or self.timed_out
         if found.commit is not None and not stopped:
             await rt.in_source(found.commit)
+        if stopped:   # users not examined, or with a send still pending
+            self.counts["left"] = max(0, found.total - self.settled)
         if deliverer.credentials:
             return "credentials", "; ".join(deliverer.credentials.values())
         if self.timed_out:
@@ -613,6 +618,7 @@ class _Pass:
             for work in await rt.in_source(self.examine, keys):
                 if not work.ops:
                     self.counts["unchanged"] += 1
+                    self.settled += 1
                     self.writes.append(diff.settle(work.record, work.state, [], work.key_int,
                                                    work.source_key))
                     continue

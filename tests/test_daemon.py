@@ -266,6 +266,46 @@ def test_sigterm_mid_backlog_records_what_was_delivered_and_exits_0(
     assert "daemon.stopping" in log_text and "daemon.stopped" in log_text
 
 
+@pytest.mark.slow
+def test_ctrl_c_during_once_stops_gracefully_and_exits_130(tmp_path: Path) -> None:
+    from syncer.state.sql import SqlStateStore
+
+    src = seeded(tmp_path, 2000)
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    app = SandboxApp(SandboxConfig(), Faults(latency_seconds=0.3))
+    with SandboxServer(app) as srv:
+        config = write_config(tmp_path, src, srv, state)
+        config.write_text(config.read_text().replace(   # 10 users a call: a pass of 10 s
+            "[nachocode]", "update_batch_size = 10\n\n[nachocode]", 1))
+        command = [sys.executable, "-m", "syncer", "once", "-c", str(config)]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        wait_for(lambda: len(app.snapshot()["users"]) >= 300)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out + err
+        delivered = set(app.snapshot()["users"])
+        assert 300 <= len(delivered) < 2000
+        assert f"stopped: {len(delivered)} delivered, {2000 - len(delivered)} left for the " \
+               "next pass" in out, out + err
+        assert "Aborted" not in out + err and "Traceback" not in err
+        store = SqlStateStore.from_url(state)
+        try:
+            (stopped,) = store.recent_passes(10)
+            assert stopped.outcome == "stopped", stopped.message
+            assert stopped.counts["updated"] == len(delivered)   # every delivery recorded
+        finally:
+            store.close()
+        rest = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        assert rest.returncode == 0, rest.stdout + rest.stderr
+        store = SqlStateStore.from_url(state)
+        try:
+            assert store.recent_passes(1)[0].counts["updated"] == 2000 - len(delivered)
+        finally:
+            store.close()
+        assert set(app.snapshot()["users"]) == set(app_users(src))
+
+
 # ---------------------------------------------------------------------- one sender
 
 
