@@ -12,8 +12,10 @@ import pytest
 from syncer import commands
 from syncer.capture import outbox as ob
 from syncer.config import Config, load
+from syncer.daemon import Daemon
 from syncer.errors import ConfigError, StateMissing
 from syncer.sandbox import SandboxApp, SandboxServer, mock_transport
+from syncer.sdnotify import Notifier
 
 from .conftest import (
     MAPPING_TOML,
@@ -150,6 +152,13 @@ def test_a_new_state_is_refused_where_the_outbox_was_consumed(
             commands.retry(other, transport=transport)
         assert list((tmp_path / state).iterdir()) == []
         commands.once(config, transport=transport)   # the right state consumes the outbox
+    assert sandbox_app.snapshot()["requests"]["blux.update"]["total"] == sent + 1
+    reinstalled = outbox_config(source_url, tmp_path / "d")
+    ob.install(reinstalled)   # creates the (empty) state d; the outbox keeps its counter
+    with pytest.raises(ConfigError, match="--new-state"):
+        commands.once(reinstalled, transport=transport)
+    with pytest.raises(ConfigError, match="--new-state"):
+        Daemon(reinstalled, notifier=Notifier({}))._open()
     assert sandbox_app.snapshot()["requests"]["blux.update"]["total"] == sent + 1
 
     other = outbox_config(source_url, tmp_path / "c")
