@@ -6,10 +6,13 @@ rejected the credentials."""
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from types import FrameType
+from typing import Any, NoReturn, TypeVar
 
 import click
 import structlog
@@ -19,14 +22,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from syncer import __version__, commands, logs
 from syncer.config import Config, load, resolve_path
-from syncer.errors import ConfigError, SourceError, StateError, SyncerError
+from syncer.errors import ConfigError, SourceError, StateError, StateMissing, SyncerError
 from syncer.logs import LEVELS
+from syncer.pipeline import PassResult
 from syncer.pipeline import Progress as ProgressFn
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = structlog.get_logger("syncer.cli")
 
 EXIT_OK, EXIT_UNDELIVERED, EXIT_CONFIG, EXIT_CREDENTIALS = 0, 1, 2, 3
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
 def _level(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -67,6 +72,10 @@ def common(needs_config: bool = True, log_stream: str = "stderr",
             except SyncerError as exc:
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(EXIT_UNDELIVERED)
+            except KeyboardInterrupt:   # a second Ctrl-C: no waiting for requests in flight
+                click.echo("aborted: what was in flight is sent again by the next pass",
+                           err=True)
+                sys.exit(EXIT_INTERRUPTED)
 
         if needs_config:
             inner = click.option(
@@ -76,6 +85,51 @@ def common(needs_config: bool = True, log_stream: str = "stderr",
         return inner  # type: ignore[return-value]
 
     return wrap
+
+
+class Interrupt:
+    """The first SIGINT (Ctrl-C) or SIGTERM during a command that sends stops its pass the way
+    the daemon stops: no new work, the requests in flight finish or time out, what was
+    delivered is recorded. A second one aborts at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.event.set()
+        log.warning("pass.stopping", signal=signal.Signals(signum).name)
+        click.echo("stopping: the requests in flight finish and what was delivered is "
+                   "recorded (Ctrl-C again aborts at once)", err=True)
+
+    @classmethod
+    @contextmanager
+    def catching(cls) -> Iterator[Interrupt]:
+        interrupt = cls()
+        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT,
+                                                                   signal.SIGTERM)}
+        try:
+            yield interrupt
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _finish(console: Console, result: PassResult, interrupt: Interrupt) -> NoReturn:
+    """Print the pass and exit with its code, or 128 + the signal when one stopped it."""
+    from syncer.report import pass_summary
+
+    pass_summary(console, result)
+    if result.outcome == "stopped" and interrupt.signum is not None:
+        delivered = sum(result.counts.get(k, 0) for k in ("updated", "deleted", "withdrawn"))
+        left = result.counts.get("left")
+        click.echo(f"stopped: {delivered} delivered, "
+                   + ("the rest" if left is None else str(left)) + " left for the next pass")
+        sys.exit(128 + interrupt.signum)
+    sys.exit(result.exit_code)
 
 
 @contextmanager
@@ -108,14 +162,22 @@ def main(config: str | None, log_level: str | None) -> None:
     reached); 2 bad config or usage; 3 a destination rejected the credentials."""
 
 
+def new_state_option(fn: F) -> F:
+    return click.option(
+        "--new-state", is_flag=True,
+        help="Start with a new, empty state even though the outbox shows that another state "
+             "delivered the users (every user is sent again).")(fn)
+
+
 @main.command()
+@new_state_option
 @common(log_stream="stdout")
-def run(config: Config) -> None:
+def run(config: Config, new_state: bool) -> None:
     """The daemon: passes every [schedule] interval_seconds, reconcile on [capture]
     reconcile_cron, instant wake-ups in outbox mode on PostgreSQL; stops cleanly on SIGTERM."""
     from syncer.daemon import run_daemon
 
-    sys.exit(run_daemon(config))
+    sys.exit(run_daemon(config, new_state=new_state))
 
 
 @main.command()
@@ -123,16 +185,14 @@ def run(config: Config) -> None:
               help="Diff the whole table whatever the capture mode (catches hard deletes).")
 @click.option("--confirm", is_flag=True,
               help="Let a pass through that deletes more than max_delete_fraction of the users.")
+@new_state_option
 @common()
-def once(config: Config, reconcile: bool, confirm: bool) -> None:
+def once(config: Config, reconcile: bool, confirm: bool, new_state: bool) -> None:
     """One pass, then exit: 0 only when everything due was delivered."""
-    console = Console()
-    with progress_bar(Console(stderr=True)) as progress:
-        result = commands.once(config, reconcile=reconcile, confirm=confirm, progress=progress)
-    from syncer.report import pass_summary
-
-    pass_summary(console, result)
-    sys.exit(result.exit_code)
+    with Interrupt.catching() as interrupt, progress_bar(Console(stderr=True)) as progress:
+        result = commands.once(config, reconcile=reconcile, confirm=confirm, progress=progress,
+                               new_state=new_state, stop=interrupt.event)
+    _finish(Console(), result, interrupt)
 
 
 @main.command()
@@ -145,9 +205,12 @@ def plan(config: Config, reconcile: bool, show_values: bool | None) -> None:
     Sends nothing and changes nothing."""
     from syncer.report import plan_report
 
+    missing = commands.missing_state(config)
     with progress_bar(Console(stderr=True)) as progress:
         result = commands.plan(config, reconcile=reconcile, progress=progress)
     console = Console()
+    if missing is not None:
+        click.echo(f"{missing}: this is what the first pass would send")
     plan_report(console, result, console.is_terminal if show_values is None else show_values)
     sys.exit(EXIT_OK if result.outcome == "dry-run" else EXIT_UNDELIVERED)
 
@@ -156,35 +219,46 @@ def plan(config: Config, reconcile: bool, show_values: bool | None) -> None:
 @click.option("--limit", default=10, show_default=True, help="Rows per table.")
 @common(secrets=False)
 def status(config: Config, limit: int) -> None:
-    """Recent passes, pending and lag, quarantined users with the reason, destination health."""
+    """Recent passes, pending and lag, quarantined users with the reason, destination health.
+    Exit 1 when there is no state yet (no pass has run with this config)."""
     from syncer.report import status_report
 
-    status_report(Console(), commands.status(config, limit=limit))
+    try:
+        report = commands.status(config, limit=limit)
+    except StateMissing as exc:
+        click.echo(str(exc))   # one line, never wrapped: it holds a path
+        sys.exit(EXIT_UNDELIVERED)
+    status_report(Console(), report)
 
 
-def _requeued(result: commands.Requeued, what: str) -> None:
+def _requeued(result: commands.Requeued, what: str, interrupt: Interrupt) -> None:
     console = Console()
     if result.sender is not None:
         console.print(f"{result.users} users {what}; the running daemon "
                       f"({escape(result.sender)}) sends them at its next pass")
+    else:
+        console.print(f"{result.users} users {what}; sending them now")
+    for name, ids in (("not quarantined", result.not_quarantined), ("unknown", result.unknown)):
+        if ids:
+            more = f" (and {len(ids) - 10} more)" if len(ids) > 10 else ""
+            console.print(f"  {name}: {escape(', '.join(ids[:10]))}{more}")
+    if result.sender is not None:
         sys.exit(EXIT_OK)
-    console.print(f"{result.users} users {what}; sending them now")
     assert result.result is not None
-    from syncer.report import pass_summary
-
-    pass_summary(console, result.result)
-    sys.exit(result.result.exit_code)
+    _finish(console, result.result, interrupt)
 
 
 @main.command()
 @click.option("--user", "users", multiple=True, metavar="ID",
               help="Only this user (repeat for more) [default: every quarantined user].")
+@new_state_option
 @common()
-def retry(config: Config, users: tuple[str, ...]) -> None:
+def retry(config: Config, users: tuple[str, ...], new_state: bool) -> None:
     """Send quarantined users again now (after fixing what the destination refused)."""
-    with progress_bar(Console(stderr=True)) as progress:
-        result = commands.retry(config, users or None, progress=progress)
-    _requeued(result, "taken out of quarantine")
+    with Interrupt.catching() as interrupt, progress_bar(Console(stderr=True)) as progress:
+        result = commands.retry(config, users or None, progress=progress, new_state=new_state,
+                                stop=interrupt.event)
+    _requeued(result, "taken out of quarantine", interrupt)
 
 
 @main.command()
@@ -194,15 +268,18 @@ def retry(config: Config, users: tuple[str, ...]) -> None:
                                                      "wiped, say).")
 @click.option("--new-key", is_flag=True,
               help="With --all: start a new fingerprint key (the old one is lost or leaked).")
+@new_state_option
 @common()
-def resync(config: Config, users: tuple[str, ...], everyone: bool, new_key: bool) -> None:
+def resync(config: Config, users: tuple[str, ...], everyone: bool, new_key: bool,
+           new_state: bool) -> None:
     """Forget what was delivered so these users are sent again, under the same rate limits and
     safety valve. Deletions already sent are not undone."""
     if bool(users) == everyone:
         raise click.UsageError("give --user ID (one or more) or --all")
-    with progress_bar(Console(stderr=True)) as progress:
-        result = commands.resync(config, users or None, new_key=new_key, progress=progress)
-    _requeued(result, "to be sent again")
+    with Interrupt.catching() as interrupt, progress_bar(Console(stderr=True)) as progress:
+        result = commands.resync(config, users or None, new_key=new_key, progress=progress,
+                                 new_state=new_state, stop=interrupt.event)
+    _requeued(result, "to be sent again", interrupt)
 
 
 @main.command()

@@ -15,37 +15,87 @@ import structlog
 from syncer import fingerprint_key
 from syncer import lock as sender_lock
 from syncer.config import Config
-from syncer.errors import ConfigError, SyncerError
+from syncer.errors import ConfigError, StateMissing, SyncerError
 from syncer.pipeline import PassResult, Progress, Runtime, plan_pass, run_pass
+from syncer.source import Source
 from syncer.state import PassRecord, ProblemRow, QuarantineRow, StateCounts
 from syncer.state.memory import MemoryStateStore
-from syncer.state.sql import SqlStateStore, create_state_engine, sqlite_path
+from syncer.state.sql import (
+    SqlStateStore,
+    create_state_engine,
+    state_exists,
+    state_location,
+)
 from syncer.state.sql import migrate as migrate_state
 
 log = structlog.get_logger("syncer.commands")
 
 
-def open_runtime(config: Config, **kwargs: object) -> Runtime:
+def open_runtime(config: Config, *, new_state: bool | None = None,
+                 **kwargs: object) -> Runtime:
     """Open the state (migrating it), the source (checking table and columns) and the mapping.
-    Problems with both are reported together."""
+    Problems with both are reported together. For a command that sends (``new_state`` not
+    None), a new, empty state is refused where the source shows that another state delivered
+    the users, unless ``new_state`` is true."""
     for note in config.warnings():
         log.warning("config.warning", message=note)
+    guard = new_state is False and config.capture.mode == "outbox"
+    if guard and "state" not in kwargs and not state_exists(config.state.url):
+        _refuse_if_delivered_elsewhere(config, None)   # before the state is created
+        guard = False
     try:
         rt = Runtime(config, **kwargs)  # type: ignore[arg-type]
     except ConfigError as exc:
         raise ConfigError(exc.problems + _source_problems(config)) from None
     try:
         rt.check()
+        if guard and not rt.state.has_users() and not rt.state.recent_passes(1):
+            _refuse_if_delivered_elsewhere(config, rt.source)
     except BaseException:
         rt.close()
         raise
     return rt
 
 
+def _refuse_if_delivered_elsewhere(config: Config, source: Source | None) -> None:
+    """The state is new (no users, no passes). syncer is the only consumer of its outbox, so an
+    outbox that rows were taken from means another state delivered these users: starting over
+    here would send every user again. (The first pass after ``outbox install`` is a snapshot
+    that takes nothing from the outbox, so a real first run is never refused.)"""
+    from syncer.capture import outbox
+
+    probe = source
+    if probe is None:
+        probe = _probe_source(config)
+        if probe is None:
+            return   # Runtime reports the source's problems
+    try:
+        n = outbox.names(probe, config.capture, outbox._schema(probe, config.source))
+        taken = outbox.consumed(probe, n)
+    finally:
+        if source is None:
+            probe.close()
+    if taken:
+        raise ConfigError(
+            f"the state at {state_location(config.state.url)} is new (no users, no passes), but "
+            f"rows were already taken from the outbox {n.outbox_bare}: another state delivered "
+            "these users. Point -c or [state] url at that state; to start over with this one "
+            "instead (every user is sent again), pass --new-state")
+
+
+def _probe_source(config: Config) -> Source | None:
+    from syncer.mapping import Mapping
+
+    try:
+        return Source(config.source, config.capture, Mapping(config.mapping, bytes(16)).columns,
+                      0, owners=config.column_owners())
+    except ConfigError:
+        return None
+
+
 def _source_problems(config: Config) -> list[str]:
     """The source's own problems, checked without a state (to report everything at once)."""
     from syncer.mapping import Mapping
-    from syncer.source import Source
 
     try:
         probe = Source(config.source, config.capture, Mapping.for_config(config, bytes(16)).columns,
@@ -79,8 +129,8 @@ def sending(config: Config, rt: Runtime) -> Iterator[None]:
 
 def once(config: Config, *, reconcile: bool = False, confirm: bool = False,
          progress: Progress | None = None, stop: threading.Event | None = None,
-         **runtime: object) -> PassResult:
-    rt = open_runtime(config, **runtime)
+         new_state: bool = False, **runtime: object) -> PassResult:
+    rt = open_runtime(config, new_state=new_state, **runtime)
     try:
         with sending(config, rt):
             return run_pass(rt, reconcile=reconcile, confirm=confirm, stop=stop,
@@ -94,27 +144,49 @@ class Requeued:
     users: int
     result: PassResult | None   # the pass that sent them, when no daemon was running
     sender: str | None          # the daemon that will send them, when one was
+    not_quarantined: tuple[str, ...] = ()   # retry: ids asked for that were not in quarantine
+    unknown: tuple[str, ...] = ()           # retry: ids asked for that the state never saw
 
 
 def _requeue(config: Config, kind: str, user_ids: Sequence[str] | None,
-             progress: Progress | None, runtime: dict[str, object]) -> Requeued:
+             progress: Progress | None, new_state: bool, stop: threading.Event | None,
+             runtime: dict[str, object]) -> Requeued:
     """Apply an operator request: here and now when no daemon is sending (then a pass sends
     the users), else as a request the running sender applies at its next pass (marking users
     beside a pass in flight could be undone by that pass's own writes)."""
-    rt = open_runtime(config, **runtime)
+    rt = open_runtime(config, new_state=new_state, **runtime)
+    ids = list(dict.fromkeys(user_ids)) if user_ids else None
     try:
         held = sender_lock.for_config(config, rt.instance)
         if not held.acquire():
-            count = rt.state.request(kind, list(user_ids) if user_ids else None)
-            users = count if user_ids else rt.state.counts().known
-            return Requeued(users, None, held.holder() or "another instance")
+            count = rt.state.request(kind, ids)
+            sender = held.holder() or "another instance"
+            if kind == "retry":
+                quarantined = rt.state.quarantined_ids(ids)
+                return Requeued(len(quarantined), None, sender,
+                                *_not_quarantined(rt, ids, quarantined))
+            return Requeued(count if ids else rt.state.counts().known, None, sender)
         try:
-            users = apply_request(rt, kind, list(user_ids) if user_ids else None)
-            return Requeued(users, run_pass(rt, progress=progress), None)
+            missing: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+            if kind == "retry":
+                missing = _not_quarantined(rt, ids, rt.state.quarantined_ids(ids))
+            users = apply_request(rt, kind, ids)
+            return Requeued(users, run_pass(rt, progress=progress, stop=stop), None, *missing)
         finally:
             held.release()
     finally:
         rt.close()
+
+
+def _not_quarantined(rt: Runtime, ids: list[str] | None,
+                     quarantined: set[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Of the ids asked for, those known but not in quarantine, and those never seen."""
+    if ids is None:
+        return (), ()
+    rest = [uid for uid in ids if uid not in quarantined]
+    known = rt.state.peek(rest)
+    return (tuple(uid for uid in rest if uid in known),
+            tuple(uid for uid in rest if uid not in known))
 
 
 def apply_request(rt: Runtime, kind: str, user_ids: list[str] | None) -> int:
@@ -125,14 +197,16 @@ def apply_request(rt: Runtime, kind: str, user_ids: list[str] | None) -> int:
 
 
 def retry(config: Config, user_ids: Sequence[str] | None = None, *,
-          progress: Progress | None = None, **runtime: object) -> Requeued:
+          progress: Progress | None = None, new_state: bool = False,
+          stop: threading.Event | None = None, **runtime: object) -> Requeued:
     """Send quarantined users again now (all, or these): the running daemon's next pass does,
     or a pass run here when none is running."""
-    return _requeue(config, "retry", user_ids, progress, runtime)
+    return _requeue(config, "retry", user_ids, progress, new_state, stop, runtime)
 
 
 def resync(config: Config, user_ids: Sequence[str] | None = None, *, new_key: bool = False,
-           progress: Progress | None = None, **runtime: object) -> Requeued:
+           progress: Progress | None = None, new_state: bool = False,
+           stop: threading.Event | None = None, **runtime: object) -> Requeued:
     """Forget what was delivered (to everyone, or these users) so they are sent again, under
     the same limits and safety valve. ``new_key`` (with all users) starts a new fingerprint key,
     for a lost or leaked one."""
@@ -151,17 +225,24 @@ def resync(config: Config, user_ids: Sequence[str] | None = None, *, new_key: bo
         finally:
             store.close()
             lock.release()
-    return _requeue(config, "resync", user_ids, progress, runtime)
+    return _requeue(config, "resync", user_ids, progress, new_state, stop, runtime)
+
+
+def missing_state(config: Config) -> str | None:
+    """What to say when no state exists yet where the config points (None when one does)."""
+    if state_exists(config.state.url):
+        return None
+    return (f"no state yet at {state_location(config.state.url)} (no pass has run with this "
+            "config; if one has, check -c and [state] url)")
 
 
 def plan(config: Config, *, reconcile: bool = False, progress: Progress | None = None,
          **runtime: object) -> PassResult:
-    """What a pass would send. Before the very first pass (no SQLite state file yet) the plan
-    runs against an empty state in memory, so that it creates nothing."""
-    path = sqlite_path(config.state.url)
-    if path is not None and not path.exists() and "state" not in runtime:
+    """What a pass would send. Before the very first pass (no state yet) the plan runs against
+    an empty state in memory, so that it creates nothing."""
+    if "state" not in runtime and not state_exists(config.state.url):
         runtime = {**runtime, "state": MemoryStateStore(), "fingerprint": os.urandom(32)}
-    rt = open_runtime(config, **runtime)
+    rt = open_runtime(config, new_state=None, **runtime)
     try:
         return plan_pass(rt, reconcile=reconcile, progress=progress)
     finally:
@@ -212,6 +293,10 @@ def destination_health(config: Config, passes: list[PassRecord]) -> dict[str, st
 
 
 def status(config: Config, *, limit: int = 10) -> StatusReport:
+    """What the state says. Raises StateMissing, creating nothing, when there is no state."""
+    missing = missing_state(config)
+    if missing is not None:
+        raise StateMissing(missing)
     store = SqlStateStore.from_url(config.state.url)
     try:
         passes = store.recent_passes(max(limit, 50))

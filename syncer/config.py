@@ -147,6 +147,8 @@ class ScheduleConfig(_Model):
 class StateConfig(_Model):
     url: str = "sqlite:////var/lib/syncer/state.db"
     key_file: str | None = None
+    # The pass history kept (rows of syncer_passes); older passes are pruned after each pass.
+    keep_passes: int = Field(default=10_000, ge=100)
 
     @property
     def redacted_url(self) -> str:
@@ -418,6 +420,42 @@ def _read_secret_files(raw: dict[str, Any], base: Path, problems: list[str]) -> 
                 problems.append(f"[{table}] {file_key}: cannot read {path} ({exc.strerror})")
 
 
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """A relative SQLite path (``[source] url``, ``[state] url``) or ``[state] key_file`` is
+    relative to the config file's folder, not to wherever the command runs."""
+    for table in ("source", "state"):
+        section = raw.get(table)
+        if isinstance(section, dict) and isinstance(section.get("url"), str):
+            section["url"] = absolute_sqlite_url(section["url"], base)
+    state = raw.get("state")
+    if isinstance(state, dict) and isinstance(state.get("key_file"), str) and state["key_file"]:
+        path = Path(state["key_file"]).expanduser()
+        state["key_file"] = str(path if path.is_absolute() else base / path)
+
+
+def absolute_sqlite_url(url: str, base: Path) -> str:
+    """``url`` with a relative SQLite file made absolute against ``base``; any other URL (an
+    in-memory SQLite one, another database, one that does not parse) as it is."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return url
+    prefix = ""
+    if database.startswith("file:"):   # the URI form: file:path?mode=...&uri=true
+        if parsed.query.get("mode") == "memory":
+            return url
+        prefix, database = "file:", database[5:]
+    path = Path(database).expanduser()
+    if path.is_absolute():
+        return url
+    return parsed.set(database=f"{prefix}{base / path}").render_as_string(hide_password=False)
+
+
 def _describe(error: Mapping[str, Any]) -> str:
     """One pydantic error as a line a person can act on: ``[blux] application_id is missing``."""
     loc = ["schema" if part == "schema_" else str(part) for part in error["loc"]]
@@ -483,7 +521,9 @@ def parse(raw: Mapping[str, Any], *, path: str = "<config>", env: Mapping[str, s
     ``secrets=False`` (commands that send nothing) lets the API secrets be absent."""
     problems: list[str] = []
     data: dict[str, Any] = _walk(dict(raw), "", os.environ if env is None else env, problems)
-    _read_secret_files(data, base_dir or Path.cwd(), problems)
+    base = Path(os.path.abspath(base_dir or Path.cwd()))
+    _read_secret_files(data, base, problems)
+    _resolve_paths(data, base)
     if not secrets:
         problems = _without_api_secrets(data, problems)
     config: Config | None = None

@@ -46,8 +46,9 @@ FAILING_AFTER_SECONDS = 600.0  # an endpoint pending this long makes /healthz sa
 class Daemon:
     def __init__(self, config: Config, runtime: Runtime | None = None, *,
                  notifier: Notifier | None = None, metrics: Metrics | None = None,
-                 lock: sender_lock.SenderLock | None = None) -> None:
+                 lock: sender_lock.SenderLock | None = None, new_state: bool = False) -> None:
         self.config = config
+        self.new_state = new_state   # may start a new state where the outbox shows an old one
         self.rt = runtime
         self.stop = threading.Event()        # the process is stopping
         self._term = threading.Event()       # the current leadership is ending
@@ -161,7 +162,7 @@ class Daemon:
     def lead(self) -> None:
         """Start sending: the interval and reconcile jobs, and the NOTIFY listener."""
         if self.rt is None:
-            self.rt = open_runtime(self.config)
+            self.rt = open_runtime(self.config, new_state=self.new_state)
             self.rt.observer = self.metrics
         self._term.clear()
         self.role = "leader"
@@ -273,7 +274,7 @@ class Daemon:
         backoff = 1.0
         while not self.stop.is_set():
             try:
-                self.rt = open_runtime(self.config)
+                self.rt = open_runtime(self.config, new_state=self.new_state)
                 self.rt.observer = self.metrics
                 self.problem = None
                 return True
@@ -347,8 +348,8 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def run_daemon(config: Config) -> int:
-    daemon = Daemon(config)
+def run_daemon(config: Config, *, new_state: bool = False) -> int:
+    daemon = Daemon(config, new_state=new_state)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("daemon.stopping", signal=signal.Signals(signum).name)

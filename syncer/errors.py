@@ -4,6 +4,8 @@
     ├── ConfigError                     bad config or usage: fix the file, exit 2
     ├── SourceError                     the source database failed: retry the pass later
     ├── StateError                      the state database failed: retry the pass later
+    ├── StateMissing                    no state yet where the config points (a read-only
+    │                                   command found nothing to read): check -c/[state] url
     ├── SafetyValveTripped              too many deletions in one pass: a person decides
     │                                   (``syncer once --confirm``), exit 1
     └── DeliveryError                   a destination did not take a request
@@ -45,6 +47,11 @@ class SourceError(SyncerError):
 
 class StateError(SyncerError):
     """The state database could not be read or written."""
+
+
+class StateMissing(SyncerError):
+    """There is no state where the config points: no pass has run with this config (or the
+    config points at the wrong place). Read-only commands say so instead of creating one."""
 
 
 class SafetyValveTripped(SyncerError):

@@ -64,6 +64,7 @@ T = TypeVar("T")
 Progress = Callable[[str, int, int | None], None]
 
 _SAMPLE: Final = 20
+PRUNE_BATCH: Final = 500   # old passes deleted after each pass, at most
 
 
 def utcnow() -> dt.datetime:
@@ -322,6 +323,7 @@ class _Pass:
             self.kind = "reconcile"   # the first pass of an incremental mode
         self.more = False
         self.key_kind: KeyKind = KeyKind.TEXT
+        self.settled = 0   # candidates done with for this pass (nothing left pending)
 
     # -- results of deliveries
 
@@ -344,6 +346,8 @@ class _Pass:
             self.counts[f"pending:{op.endpoint}"] += 1
         if len(work.outcomes) == len(work.ops):
             del self.tracking[op.user_id]
+            if all(o.status is not Status.PENDING for o in work.outcomes):
+                self.settled += 1
             self.writes.append(work.settled())
             self._recorded.set()
 
@@ -526,6 +530,7 @@ class _Pass:
         if pass_id is not None:
             await rt.in_state(rt.state.finish_pass, pass_id, outcome, counts, message, utcnow(),
                               self.kind)
+            await self._prune_passes()
         seconds = time.monotonic() - started
         level = {"ok": log.info, "dry-run": log.info, "partial": log.warning,
                  "stopped": log.warning}.get(outcome, log.error)
@@ -535,6 +540,15 @@ class _Pass:
         return PassResult(pass_id, self.kind, rt.config.capture.mode, outcome, counts,
                           credentials, held, message, seconds, self.plan if self.dry_run else None,
                           self.more and outcome in ("ok", "partial"), dict(self.plan.position))
+
+    async def _prune_passes(self) -> None:
+        """Keep the pass history within ``[state] keep_passes``: a small batch after each pass
+        (the history only grows by one a pass, so it never falls behind for long)."""
+        try:
+            await self.rt.in_state(self.rt.state.prune_passes,
+                                   self.rt.config.state.keep_passes, PRUNE_BATCH)
+        except SyncerError as exc:
+            log.warning("state.prune_failed", error=str(exc))
 
     def _counts(self) -> dict[str, int]:
         counts = {k: v for k, v in self.counts.items() if v}
@@ -618,6 +632,8 @@ class _Pass:
         stopped = self.stop.is_set() or self.timed_out
         if found.commit is not None and not stopped:
             await rt.in_source(found.commit)
+        if stopped:   # users not examined, or with a send still pending
+            self.counts["left"] = max(0, found.total - self.settled)
         if deliverer.credentials:
             return "credentials", "; ".join(deliverer.credentials.values())
         if self.timed_out:
@@ -680,6 +696,7 @@ class _Pass:
             if not work.ops:
                 if work.write is None:
                     self.counts["unchanged"] += 1
+                self.settled += 1
                 self.writes.append(work.settled())
                 continue
             self.tracking[work.record.user_id] = work

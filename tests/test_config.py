@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from syncer.config import load, parse
 from syncer.errors import ConfigError
@@ -216,3 +217,39 @@ def test_commands_that_send_nothing_do_without_the_api_secrets(tmp_path: Path) -
     with pytest.raises(ConfigError, match="application_id"):   # everything else still counts
         load(write(tmp_path, text.replace('application_id = "abcd1234"\n', "")), env={},
              secrets=False)
+
+
+def test_relative_sqlite_paths_are_relative_to_the_config_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "ob"
+    folder.mkdir()
+    write(folder, MINIMAL.replace('table = "users"', 'table = "users"\n\n[state]\n'
+                                  'url = "sqlite:///state.db"\nkey_file = "keys/fp.key"'))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load("../ob/config.toml", env={"BLUX_SECRET_KEY": "s"})
+    assert make_url(config.state.url).database == str(folder / "state.db")
+    assert config.state.key_file == str(folder / "keys" / "fp.key")
+    assert make_url(config.source.url).database == str(folder / "app.db")
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("sqlite:////abs/state.db", "sqlite:////abs/state.db"),
+    ("sqlite://", "sqlite://"),
+    ("sqlite:///:memory:", "sqlite:///:memory:"),
+    ("sqlite:///sub/s.db?timeout=5", "sqlite:///{base}/sub/s.db?timeout=5"),
+    ("sqlite+pysqlite:///file:s.db?mode=ro&uri=true",
+     "sqlite+pysqlite:///file:{base}/s.db?mode=ro&uri=true"),
+    ("sqlite:///file:mem?mode=memory&uri=true", "sqlite:///file:mem?mode=memory&uri=true"),
+    ("postgresql://u@db/app", "postgresql://u@db/app"),
+    ("sqlite:///50%25 off.db", "sqlite:///{base}/50%25 off.db"),
+])
+def test_which_state_urls_are_resolved(tmp_path: Path, url: str, expected: str) -> None:
+    raw = {"source": {"url": "postgresql://u@db/app", "table": "users"},
+           "state": {"url": url}, "mapping": {"user_properties": {"phone_number": "phone"}},
+           "blux": {"application_id": "a", "secret_key": "s"}}
+    got = make_url(parse(raw, base_dir=tmp_path).state.url)
+    want = make_url(expected.format(base=tmp_path))
+    assert (got.drivername, got.database, dict(got.query)) == \
+        (want.drivername, want.database, dict(want.query))

@@ -266,6 +266,46 @@ def test_sigterm_mid_backlog_records_what_was_delivered_and_exits_0(
     assert "daemon.stopping" in log_text and "daemon.stopped" in log_text
 
 
+@pytest.mark.slow
+def test_ctrl_c_during_once_stops_gracefully_and_exits_130(tmp_path: Path) -> None:
+    from syncer.state.sql import SqlStateStore
+
+    src = seeded(tmp_path, 2000)
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    app = SandboxApp(SandboxConfig(), Faults(latency_seconds=0.3))
+    with SandboxServer(app) as srv:
+        config = write_config(tmp_path, src, srv, state)
+        config.write_text(config.read_text().replace(   # 10 users a call: a pass of 10 s
+            "[nachocode]", "update_batch_size = 10\n\n[nachocode]", 1))
+        command = [sys.executable, "-m", "syncer", "once", "-c", str(config)]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        wait_for(lambda: len(app.snapshot()["users"]) >= 300)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out + err
+        delivered = set(app.snapshot()["users"])
+        assert 300 <= len(delivered) < 2000
+        assert f"stopped: {len(delivered)} delivered, {2000 - len(delivered)} left for the " \
+               "next pass" in out, out + err
+        assert "Aborted" not in out + err and "Traceback" not in err
+        store = SqlStateStore.from_url(state)
+        try:
+            (stopped,) = store.recent_passes(10)
+            assert stopped.outcome == "stopped", stopped.message
+            assert stopped.counts["updated"] == len(delivered)   # every delivery recorded
+        finally:
+            store.close()
+        rest = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        assert rest.returncode == 0, rest.stdout + rest.stderr
+        store = SqlStateStore.from_url(state)
+        try:
+            assert store.recent_passes(1)[0].counts["updated"] == 2000 - len(delivered)
+        finally:
+            store.close()
+        assert set(app.snapshot()["users"]) == set(app_users(src))
+
+
 # ---------------------------------------------------------------------- one sender
 
 
@@ -441,6 +481,36 @@ def test_retry_and_resync(tmp_path: Path, sandbox_app: SandboxApp) -> None:
     assert len(sandbox_app.snapshot()["users"]) == 30
 
 
+def test_retry_counts_the_users_it_takes_out_of_quarantine(tmp_path: Path,
+                                                           sandbox_app: SandboxApp) -> None:
+    from syncer import lock as sender_lock
+
+    src = seeded(tmp_path, 30)
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+    transport = mock_transport(sandbox_app)
+    assert once(config, sandbox_app).outcome == "ok"
+    nobody = commands.retry(config, transport=transport)
+    assert nobody.users == 0 and nobody.result is not None
+    sandbox_app.faults.reject_user_ids = frozenset({"7"})
+    execute(src, "UPDATE users SET name = 'changed' WHERE id IN (5, 7)")
+    assert once(config, sandbox_app).counts["quarantined"] == 1
+    asked = commands.retry(config, ["5", "999999"], transport=transport)
+    assert asked.users == 0
+    assert asked.not_quarantined == ("5",) and asked.unknown == ("999999",)
+    daemon_lock = sender_lock.for_config(config, "the-daemon:1")   # a daemon is sending
+    assert daemon_lock.acquire()
+    try:
+        queued = commands.retry(config, ["7", "5", "999999"])
+        assert queued.sender == "the-daemon:1" and queued.users == 1
+        assert queued.not_quarantined == ("5",) and queued.unknown == ("999999",)
+        assert commands.retry(config).users == 1
+    finally:
+        daemon_lock.release()
+    sandbox_app.faults.reject_user_ids = frozenset()
+    assert once(config, sandbox_app).counts["updated"] == 1   # the daemon's next pass
+    assert commands.status(config).quarantined == []
+
+
 def test_resync_with_a_new_key(tmp_path: Path, sandbox_app: SandboxApp) -> None:
     src = seeded(tmp_path, 10)
     config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
@@ -464,6 +534,11 @@ def test_cli_retry_and_resync_usage(tmp_path: Path, server: SandboxServer) -> No
                         text=True, check=False, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "sending them now" in ok.stdout
+    none = subprocess.run([*run, "retry", "--user", "999999", "--user", "2", "-c", str(config)],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert none.returncode == 0, none.stderr
+    assert "0 users taken out of quarantine" in none.stdout
+    assert "not quarantined: 2" in none.stdout and "unknown: 999999" in none.stdout
 
 
 def test_the_postgres_lock_is_fenced_to_its_own_session(pg_state_url: str,

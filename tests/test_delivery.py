@@ -21,7 +21,14 @@ from syncer.destinations import blux as blux_api
 from syncer.destinations import nachocode as nacho_api
 from syncer.destinations.blux import BluxDelete, BluxUpdate
 from syncer.destinations.nachocode import NachocodeWithdraw
-from syncer.errors import CredentialsRejected, HeldBack, RateLimited, RejectedError, RetriableError
+from syncer.errors import (
+    CredentialsRejected,
+    EndpointRefused,
+    HeldBack,
+    RateLimited,
+    RejectedError,
+    RetriableError,
+)
 from syncer.mapping import Mapping
 from syncer.model import NORMAL, URGENT, Endpoint, Op, Outcome, RawRow, Status
 from syncer.ratelimit import AsyncRateLimiter, Pacer
@@ -292,6 +299,30 @@ def test_nachocode_answers(status: int, code: str | None, kind: type | None) -> 
     body = {"statusCode": status, "path": "/api/app-user/v2", "code": code, "message": "m"}
     found = nacho_api.classify(answer(status, body), 0.0)
     assert (found is None) if kind is None else isinstance(found, kind)
+
+
+@pytest.mark.parametrize("body, kind", [
+    # the documented unknown API key: the keys are wrong
+    ({"statusCode": 404, "path": "/api/app-user/v2", "code": "ERR-AB-KSY-13",
+      "message": "Provided key information not found."}, CredentialsRejected),
+    # nachocode's envelope with another code: about this request (this user), not the keys
+    ({"statusCode": 404, "path": "/api/app-user/v2", "code": "ERR-AB-USR-14",
+      "message": "User not found."}, RejectedError),
+    # no envelope: not nachocode's API answering (a wrong base_url or path)
+    ({"statusCode": 404, "message": "Cannot DELETE /api/app-user/v9", "error": "Not Found"},
+     EndpointRefused),
+    ({"message": "no such route"}, EndpointRefused),
+    (None, EndpointRefused),
+    ("<html>not found</html>", EndpointRefused),
+])
+def test_a_nachocode_404_is_read_from_its_error_code(body: object, kind: type) -> None:
+    raw = body.encode() if isinstance(body, str) else json.dumps(body).encode() if body else b""
+    found = nacho_api.classify(Answer(404, {}, raw), 0.0)
+    assert type(found) is kind, found
+    if kind is RejectedError:
+        assert "ERR-AB-USR-14" in str(found)
+    if kind is EndpointRefused:
+        assert "base_url" in str(found)
 
 
 def test_error_reasons_never_carry_personal_data() -> None:

@@ -434,3 +434,48 @@ def test_a_server_is_named_by_scheme_host_and_port_only() -> None:
         "http://api.example.com:8080"
     assert origin("https://api.blux.ai/prod/v2/applications/app-1") == "https://api.blux.ai:443"
     assert origin("http://[::1]:8089/blux") == "http://[::1]:8089"
+
+
+def test_a_nachocode_404_about_one_user_quarantines_that_user_only(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    src = sqlite_source(tmp_path, [user_row(i) for i in range(1, 11)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
+    assert once(config, sandbox_app).outcome == "ok"
+    execute(src, "DELETE FROM users WHERE id <= 4")
+    inner = mock_transport(sandbox_app)
+
+    def unknown_user_3(request: httpx.Request) -> httpx.Response:
+        if "/api/app-user/" in str(request.url) and b'"3"' in request.read():
+            return httpx.Response(404, json={"statusCode": 404, "path": "/api/app-user/v2",
+                                             "code": "ERR-AB-USR-14",
+                                             "message": "User not found."}, request=request)
+        return inner.handle_request(request)
+
+    rt = Runtime(config, transport=httpx.MockTransport(unknown_user_3))
+    try:
+        result = run_pass(rt)
+    finally:
+        rt.close()
+    assert result.outcome == "partial" and result.exit_code == 1 and not result.credentials
+    assert result.counts["withdrawn"] == 3 and result.counts["deleted"] == 4
+    assert result.counts["quarantined:nachocode.withdraw"] == 1
+    from syncer import commands
+
+    (row,) = commands.status(config).quarantined
+    assert (row.user_id, row.destination) == ("3", "nachocode")
+    assert "ERR-AB-USR-14" in row.reason
+
+
+def test_a_wrong_nachocode_base_url_is_not_read_as_bad_keys(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    src = sqlite_source(tmp_path, [user_row(i) for i in range(1, 11)])
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    assert once(make_config(src, state), sandbox_app).outcome == "ok"
+    execute(src, "DELETE FROM users WHERE id <= 4")
+    wrong = make_config(src, state, nachocode={"base_url": "http://sandbox/nacho"})
+    result = once(wrong, sandbox_app)   # the sandbox answers 404 "no such route"
+    assert result.outcome == "partial" and not result.credentials
+    assert result.counts.get("quarantined", 0) == 0
+    assert result.counts["pending:nachocode.withdraw"] == 4
+    assert "base_url" in (result.message or "")
+    assert once(make_config(src, state), sandbox_app).counts["withdrawn"] == 4

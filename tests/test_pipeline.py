@@ -317,3 +317,28 @@ def test_a_postgres_state_needs_a_key_file(tmp_path: Path, pg_state_url: str,
     config = make_config(src, pg_state_url, state={"key_file": str(tmp_path / "k" / "fp.key")})
     assert once(config, sandbox_app).counts["updated"] == 10
     assert requests(once(config, sandbox_app)) == {}
+
+
+def test_each_pass_keeps_the_pass_history_within_keep_passes(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    import datetime as dt
+
+    from syncer.state.sql import SqlStateStore
+
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    insert_users(src, [user_row(i) for i in range(1, 6)])
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    config = make_config(src, state, state={"keep_passes": 100})
+    assert config.state.keep_passes == 100
+    assert make_config(src, state).state.keep_passes == 10_000
+    assert once(config, sandbox_app).outcome == "ok"
+    store = SqlStateStore.from_url(state)
+    try:
+        for _ in range(150):   # a busy history
+            store.start_pass("incremental", "snapshot", dt.datetime(2026, 1, 1), "h:1")
+        last = once(config, sandbox_app)
+        passes = store.recent_passes(1000)
+    finally:
+        store.close()
+    assert len(passes) == 100 and passes[0].id == last.pass_id

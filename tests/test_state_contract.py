@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +52,20 @@ def test_sql_meta_survives_reopening(tmp_path: Path) -> None:
     again = SqlStateStore.from_url(url)  # migrating twice is harmless
     assert again.get_meta("key_check") == "x1"
     again.close()
+
+
+def test_a_new_sqlite_state_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    old_umask = os.umask(0o022)   # the usual umask: files 0644 unless created otherwise
+    try:
+        store = SqlStateStore.from_url(f"sqlite:///{tmp_path / 'state.db'}")
+        store.write([w("1")], T0)
+        files = sorted(p.name for p in tmp_path.iterdir())
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        store.close()
+    finally:
+        os.umask(old_umask)
+    assert {"state.db", "state.db-wal", "state.db-shm"} <= set(files)
+    assert modes == {name: 0o600 for name in files}
 
 
 def test_write_and_lookup_round_trip(store: StateStore) -> None:
@@ -134,14 +150,34 @@ def test_pass_history(store: StateStore) -> None:
     assert passes[1].finished_at == T0 + dt.timedelta(seconds=2)
 
 
+def test_old_passes_are_pruned_a_batch_at_a_time(store: StateStore) -> None:
+    ids = [store.start_pass("incremental", "outbox", T0 + dt.timedelta(seconds=i), "host:1")
+           for i in range(30)]
+    store.finish_pass(ids[-1], "ok", {"updated": 1}, None, T0 + dt.timedelta(minutes=1))
+    assert store.prune_passes(10, 15) == 15
+    assert store.prune_passes(10, 15) == 5
+    assert store.prune_passes(10, 15) == 0
+    kept = store.recent_passes(100)
+    assert [p.id for p in kept] == ids[::-1][:10]
+    assert kept[0].outcome == "ok"
+    later = store.start_pass("incremental", "outbox", T0 + dt.timedelta(hours=1), "host:1")
+    store.finish_pass(later, "partial", {}, None, T0 + dt.timedelta(hours=1))
+    assert store.recent_passes(1)[0].outcome == "partial" and later not in ids
+
+
 def test_operator_retry_and_resync(store: StateStore) -> None:
     store.write([
         w("1", deliveries={"blux": Delivered(b"a" * 16, None, False)}),
         w("2", quarantine_set=(Quarantine("blux", b"b" * 16, "400"),)),
         w("3", gone=True, deliveries={"blux": Delivered(None, None, True)}),
     ], T0)
-    assert store.requeue_quarantined(None) == 1
-    assert store.quarantined(10) == []
+    store.write([w("2", quarantine_set=(Quarantine("nachocode", b"b" * 16, "400"),))], T0)
+    assert store.quarantined_ids(None) == {"2"}
+    assert store.quarantined_ids(["1", "2", "404"]) == {"2"}
+    assert store.requeue_quarantined(["1", "404"]) == 0   # nobody there: nothing changes
+    assert not store.lookup(["1"])["1"].dirty and "404" not in store.lookup(["404"])
+    assert store.requeue_quarantined(None) == 1   # users, not one per destination
+    assert store.quarantined(10) == [] and store.quarantined_ids(None) == set()
     assert store.lookup(["2"])["2"].dirty
     assert store.forget(["1"]) == 1
     assert "blux" not in store.lookup(["1"])["1"].deliveries

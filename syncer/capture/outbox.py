@@ -15,6 +15,7 @@ full snapshot.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -437,6 +438,42 @@ class OutboxCapture:
             position["triggers"] = (f"do not watch {', '.join(drift)}: run `syncer outbox "
                                     "install` again")
         return position
+
+
+def consumed(source: Source, n: OutboxNames) -> bool | None:
+    """Whether rows were taken out of the outbox: ids were handed out below the lowest id left,
+    or the table is empty though its id counter moved. syncer is the outbox's only consumer, so
+    a state took them. None when the database does not say (no right to read the sequence, no
+    such table)."""
+    try:
+        lowest = source.scalar(f"SELECT min(id) FROM {n.outbox}")
+        if n.dialect == "postgresql":
+            rows = source.run(
+                "SELECT s.start_value, s.last_value, "
+                "has_sequence_privilege(c.oid, 'SELECT, USAGE') "
+                "FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace "
+                "JOIN pg_sequences s ON s.schemaname = ns.nspname AND s.sequencename = c.relname "
+                "WHERE c.oid = pg_get_serial_sequence(:t, 'id')::regclass", {"t": n.outbox})
+            if not rows or not rows[0][2]:
+                return None
+            first, used = int(rows[0][0]), rows[0][1] is not None
+        elif n.dialect in ("mysql", "mariadb"):
+            # SHOW CREATE TABLE gives the live counter (MySQL 8 caches information_schema's);
+            # it leaves AUTO_INCREMENT= out while the counter has not moved.
+            definition = str(source.run(f"SHOW CREATE TABLE {n.outbox}")[0][1])
+            found = re.search(r"AUTO_INCREMENT=(\d+)", definition)
+            first = int(source.scalar("SELECT @@auto_increment_increment") or 1)
+            used = found is not None and int(found.group(1)) > 1
+        else:
+            seq = source.scalar("SELECT seq FROM sqlite_sequence WHERE name = :t",
+                                {"t": n.outbox_bare})
+            first, used = 1, bool(seq)
+    except SourceError as exc:
+        log.debug("outbox.sequence_unknown", error=str(exc)[:200])
+        return None
+    if lowest is None:
+        return used
+    return int(lowest) > first
 
 
 def watched_drift(source: Source, n: OutboxNames) -> list[str]:

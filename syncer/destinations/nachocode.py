@@ -29,12 +29,14 @@ KEY_ERRORS: Final = frozenset({"ERR-AB-SGK-11", "ERR-AB-SGK-13", "ERR-AB-KSY-11"
 
 
 def _code(body: bytes) -> str | None:
+    """The error code of nachocode's error envelope (``{"statusCode", "path", "code",
+    "message"}``); None when the body is not that envelope."""
     try:
         data = json.loads(body)
     except ValueError:
         return None
     code = data.get("code") if isinstance(data, dict) else None
-    return code if isinstance(code, str) else None
+    return code if isinstance(code, str) and code.strip() else None
 
 
 def classify(answer: Answer, now_epoch: float) -> DeliveryError | None:
@@ -43,10 +45,17 @@ def classify(answer: Answer, now_epoch: float) -> DeliveryError | None:
         return None
     if answer.status == 410:  # already withdrawn: what we wanted
         return None
-    if code in KEY_ERRORS or answer.status in (401, 404):
+    if code in KEY_ERRORS or answer.status == 401:
         return CredentialsRejected(
             f"nachocode refused the keys ({answer.status} {code or 'no code'}): check "
-            "[nachocode] api_key and secret_key" + (" and base_url" if code is None else ""))
+            "[nachocode] api_key and secret_key")
+    if answer.status == 404:
+        # The unknown API key is ERR-AB-KSY-13 (above). A 404 in nachocode's envelope with
+        # another code is about this request's user; one without the envelope did not come
+        # from the API at all (a wrong base_url or path).
+        if code is None:
+            return refused(answer, WHO, "[nachocode] base_url")
+        return RejectedError(f"nachocode answered 404: {message_of(answer.body)}")
     if answer.status == 403:
         return HeldBack(
             f"nachocode cannot withdraw users for this app (403 {code or 'no code'}): the app "

@@ -130,14 +130,22 @@ class StateStore(Protocol):
 
     def recent_passes(self, limit: int) -> list[PassRecord]: ...
 
+    def prune_passes(self, keep: int, batch: int) -> int:
+        """Delete the oldest passes beyond the newest ``keep``, at most ``batch`` of them (a
+        short transaction); returns how many went."""
+
     def quarantined(self, limit: int) -> list[QuarantineRow]: ...
 
     def problems(self, limit: int) -> list[ProblemRow]: ...
 
     def counts(self) -> StateCounts: ...
 
+    def quarantined_ids(self, user_ids: Sequence[str] | None) -> set[str]:
+        """The users in quarantine at any destination (all, or among these)."""
+
     def requeue_quarantined(self, user_ids: Sequence[str] | None) -> int:
-        """Forget quarantine entries (all, or these users) and mark the users dirty."""
+        """Forget quarantine entries (all, or these users) and mark those users dirty; returns
+        how many users were taken out of quarantine (a user not in it is left alone)."""
 
     def forget(self, user_ids: Sequence[str] | None) -> int:
         """Forget what was delivered (all, or these users) so they are sent again."""

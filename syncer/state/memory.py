@@ -34,7 +34,8 @@ class MemoryStateStore:
         self.meta: dict[str, str] = {}
         self.users: dict[str, _User] = {}
         self.cursors: dict[str, str] = {}
-        self.passes: list[PassRecord] = []
+        self.passes: list[PassRecord] = []   # oldest first
+        self._last_pass_id = 0
         self.requests: list[tuple[str, str | None]] = []
 
     def get_meta(self, name: str) -> str | None:
@@ -181,20 +182,27 @@ class MemoryStateStore:
             self.cursors[name] = value
 
     def start_pass(self, kind: str, mode: str, now: dt.datetime, instance: str | None) -> int:
-        record = PassRecord(len(self.passes) + 1, now, None, kind, mode, "running", {}, None,
+        self._last_pass_id += 1
+        record = PassRecord(self._last_pass_id, now, None, kind, mode, "running", {}, None,
                             instance)
         self.passes.append(record)
         return record.id
 
     def finish_pass(self, pass_id: int, outcome: str, counts: dict[str, int],
                     message: str | None, now: dt.datetime, kind: str | None = None) -> None:
-        i = pass_id - 1
-        self.passes[i] = replace(self.passes[i], finished_at=now, outcome=outcome,
-                                 counts=dict(counts), message=message,
-                                 kind=kind or self.passes[i].kind)
+        for i, old in enumerate(self.passes):
+            if old.id == pass_id:
+                self.passes[i] = replace(old, finished_at=now, outcome=outcome,
+                                         counts=dict(counts), message=message,
+                                         kind=kind or old.kind)
 
     def recent_passes(self, limit: int) -> list[PassRecord]:
         return list(reversed(self.passes))[:limit]
+
+    def prune_passes(self, keep: int, batch: int) -> int:
+        gone = min(batch, max(0, len(self.passes) - keep))
+        del self.passes[:gone]
+        return gone
 
     def quarantined(self, limit: int) -> list[QuarantineRow]:
         rows = [q for u in self.users.values() for q in u.quarantine.values()]
@@ -221,19 +229,20 @@ class MemoryStateStore:
             sum(u.dirty for u in self.users.values()), quarantined, delivered,
             sum(1 for u in self.users.values() if u.problems), tombstones)
 
-    def requeue_quarantined(self, user_ids: Sequence[str] | None) -> int:
+    def quarantined_ids(self, user_ids: Sequence[str] | None) -> set[str]:
         ids = list(self.users) if user_ids is None else [i for i in user_ids if i in self.users]
-        count = 0
+        return {uid for uid in ids if self.users[uid].quarantine}
+
+    def requeue_quarantined(self, user_ids: Sequence[str] | None) -> int:
+        ids = self.quarantined_ids(user_ids)
         for uid in ids:
             u = self.users[uid]
-            count += len(u.quarantine)
-            if u.quarantine:
-                u.quarantine.clear()
-                u.q_fingerprints.clear()
-                u.q_transient.clear()
-                u.dirty, u.row_hash = True, None
-                u.dirty_since = u.dirty_since or dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        return count
+            u.quarantine.clear()
+            u.q_fingerprints.clear()
+            u.q_transient.clear()
+            u.dirty, u.row_hash = True, None
+            u.dirty_since = u.dirty_since or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        return len(ids)
 
     def forget(self, user_ids: Sequence[str] | None) -> int:
         ids = list(self.users) if user_ids is None else [i for i in user_ids if i in self.users]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
     text,
     tuple_,
@@ -79,6 +81,35 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database).expanduser().resolve()
 
 
+def state_location(url: str) -> str:
+    """Where a state lives, for messages: the SQLite file, or the URL without its password."""
+    try:
+        path = sqlite_path(url)
+    except ArgumentError:
+        path = None
+    return str(path) if path is not None else redact_url(url)
+
+
+def state_exists(url: str) -> bool:
+    """Whether a state was ever created at ``url``; finding out creates nothing."""
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        raise ConfigError(f"[state] url is not a database URL: {redact_url(url)}") from None
+    if backend == "sqlite":
+        path = sqlite_path(url)
+        if path is None or not path.is_file() or path.stat().st_size == 0:
+            return False
+    engine = create_state_engine(url)
+    try:
+        with engine.connect() as conn:
+            return inspect(conn).has_table(t.passes.name)
+    except SQLAlchemyError as exc:
+        raise StateError(f"state database: {_brief(exc)}") from exc
+    finally:
+        engine.dispose()
+
+
 def create_state_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -96,6 +127,7 @@ def create_state_engine(url: str) -> Engine:
                     f"[state] url: the directory {parent} does not exist (create it, or use "
                     "systemd's StateDirectory=)"
                 )
+            _create_private(path)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                hide_parameters=True)
 
@@ -111,6 +143,17 @@ def create_state_engine(url: str) -> Engine:
     if parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+
+
+def _create_private(path: Path) -> None:
+    """Create a new SQLite state file with mode 0600 before SQLite opens it (an empty file is an
+    empty database); SQLite gives its -wal and -shm files the same mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"[state] url: cannot create {path} ({exc.strerror})") from None
 
 
 def migrate(engine: Engine) -> None:
@@ -467,6 +510,20 @@ class SqlStateStore:
         return [PassRecord(r.id, r.started_at, r.finished_at, r.kind, r.mode, r.outcome,
                            json.loads(r.counts or "{}"), r.message, r.instance) for r in rows]
 
+    def prune_passes(self, keep: int, batch: int) -> int:
+        def go(conn: Connection) -> int:
+            p = t.passes.c
+            edge = conn.execute(select(p.id).order_by(p.id.desc()).offset(keep).limit(1)).scalar()
+            if edge is None:
+                return 0
+            ids = [r[0] for r in conn.execute(
+                select(p.id).where(p.id <= edge).order_by(p.id).limit(batch))]
+            if ids:
+                conn.execute(delete(t.passes).where(p.id.in_(ids)))
+            return len(ids)
+
+        return int(self._run("prune", go))
+
     def quarantined(self, limit: int) -> list[QuarantineRow]:
         q = t.quarantine.c
         rows = self._run("quarantine", lambda c: c.execute(
@@ -507,20 +564,31 @@ class SqlStateStore:
 
     # -- operator actions
 
+    def quarantined_ids(self, user_ids: Sequence[str] | None) -> set[str]:
+        return set(self._run("quarantine", self._quarantined_ids, user_ids))
+
+    @staticmethod
+    def _quarantined_ids(conn: Connection, user_ids: Sequence[str] | None) -> set[str]:
+        q = t.quarantine.c
+        if user_ids is None:
+            return {r[0] for r in conn.execute(select(func.distinct(q.user_id)))}
+        found: set[str] = set()
+        for part in _chunks(list(dict.fromkeys(user_ids))):
+            found.update(r[0] for r in conn.execute(
+                select(func.distinct(q.user_id)).where(q.destination.in_(DESTINATIONS),
+                                                       q.user_id.in_(part))))
+        return found
+
     def requeue_quarantined(self, user_ids: Sequence[str] | None) -> int:
         def go(conn: Connection) -> int:
-            q = t.quarantine.c
-            if user_ids is None:
-                ids = [r[0] for r in conn.execute(select(func.distinct(q.user_id)))]
-            else:
-                ids = list(user_ids)
-            count = 0
+            ids = sorted(self._quarantined_ids(conn, user_ids))
             for part in _chunks(ids):
-                count += conn.execute(delete(t.quarantine).where(
-                    q.destination.in_(DESTINATIONS), q.user_id.in_(part))).rowcount
+                conn.execute(delete(t.quarantine).where(
+                    t.quarantine.c.destination.in_(DESTINATIONS),
+                    t.quarantine.c.user_id.in_(part)))
                 conn.execute(update(t.users).where(t.users.c.user_id.in_(part))
                              .values(dirty=True, row_hash=None, dirty_since=_waiting()))
-            return count
+            return len(ids)
 
         return int(self._run("retry", go))
 
