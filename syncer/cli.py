@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from syncer import __version__, commands, logs
 from syncer.config import Config, load, resolve_path
-from syncer.errors import ConfigError, SourceError, StateError, StateMissing, SyncerError
+from syncer.errors import ConfigError, StateMissing, SyncerError
 from syncer.logs import LEVELS
 from syncer.pipeline import PassResult
 from syncer.pipeline import Progress as ProgressFn
@@ -66,10 +66,7 @@ def common(needs_config: bool = True, log_stream: str = "stderr",
                 for line in str(exc).splitlines():
                     click.echo(f"error: {prefix}{line}", err=True)
                 sys.exit(EXIT_CONFIG)
-            except (SourceError, StateError) as exc:
-                click.echo(f"error: {exc}", err=True)
-                sys.exit(EXIT_UNDELIVERED)
-            except SyncerError as exc:
+            except SyncerError as exc:   # a database down, a sender already running, ...
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(EXIT_UNDELIVERED)
             except KeyboardInterrupt:   # a second Ctrl-C: no waiting for requests in flight

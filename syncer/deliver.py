@@ -51,6 +51,8 @@ REJECTIONS_BEFORE_BLOCKING = 10
 # user the API cannot take: it is narrowed down like a 400, with fewer tries per part, and at
 # most this many parts per endpoint and pass (the cost when the API is simply down).
 NARROWING_ATTEMPTS = 2
+STOPPING = "not sent: the pass is stopping"
+CANCELLED = "not sent: the pass was cancelled"
 NARROWING_BUDGET = 32
 
 
@@ -104,9 +106,6 @@ class _Lane:
     @property
     def endpoint(self) -> Endpoint:
         return self.sender.endpoint
-
-    def queued(self) -> int:
-        return len(self.urgent) + len(self.normal) + sum(len(b.ops) for _, _, b in self.ready)
 
 
 class Deliverer:
@@ -184,7 +183,7 @@ class Deliverer:
             self._outstanding += 1
             self._idle.clear()
             if lane is None or not self._accepting:
-                self._resolve([op], Status.PENDING, "not sent: the pass is stopping"
+                self._resolve([op], Status.PENDING, STOPPING
                               if lane is not None else f"{op.endpoint} is not configured")
                 continue
             if lane.blocked is not None:
@@ -192,13 +191,6 @@ class Deliverer:
                 continue
             (lane.urgent if op.priority == URGENT else lane.normal).append(op)
             lane.wake.set()
-
-    def queued(self) -> int:
-        return sum(lane.queued() for lane in self.lanes.values())
-
-    @property
-    def outstanding(self) -> int:
-        return self._outstanding
 
     async def wait_below(self, limit: int) -> None:
         """Backpressure: return once fewer than ``limit`` operations are waiting or in flight."""
@@ -210,7 +202,7 @@ class Deliverer:
         """Wait until every submitted operation has an outcome."""
         await self._idle.wait()
 
-    def stop_accepting(self, reason: str = "not sent: the pass is stopping") -> None:
+    def stop_accepting(self, reason: str = STOPPING) -> None:
         """Graceful stop: what is queued, waiting for a slot or for a retry becomes pending;
         requests in flight finish (or time out) and are recorded as usual."""
         if not self._accepting:
@@ -293,7 +285,7 @@ class Deliverer:
             try:
                 await lane.slots.acquire()
             except asyncio.CancelledError:
-                self._resolve(batch.ops, Status.PENDING, "not sent: the pass is stopping")
+                self._resolve(batch.ops, Status.PENDING, STOPPING)
                 raise
             try:
                 before = self._clock()
@@ -303,12 +295,12 @@ class Deliverer:
                     self.observer.throttled(lane.endpoint, waited)
             except BaseException:
                 lane.slots.release()
-                self._resolve(batch.ops, Status.PENDING, "not sent: the pass is stopping")
+                self._resolve(batch.ops, Status.PENDING, STOPPING)
                 raise
             if lane.blocked is not None or not self._accepting:
                 lane.slots.release()
                 self._resolve(batch.ops, Status.PENDING,
-                              lane.blocked or "not sent: the pass is stopping")
+                              lane.blocked or STOPPING)
                 continue
             task = asyncio.create_task(self._send(lane, batch))
             self._tasks.add(task)
@@ -337,7 +329,7 @@ class Deliverer:
             else:
                 self._failed(lane, batch, error)
         except asyncio.CancelledError:
-            self._resolve(batch.ops, Status.PENDING, "not sent: the pass was cancelled")
+            self._resolve(batch.ops, Status.PENDING, CANCELLED)
             raise
         except Exception as exc:  # a bug must not lose operations: they stay pending
             log.exception("delivery.unexpected_error", endpoint=str(endpoint))
@@ -442,7 +434,7 @@ class Deliverer:
     def _ready(self, lane: _Lane, batch: Batch) -> None:
         if lane.blocked is not None or not self._accepting:
             self._resolve(batch.ops, Status.PENDING,
-                          lane.blocked or "not sent: the pass is stopping")
+                          lane.blocked or STOPPING)
             return
         heapq.heappush(lane.ready, (batch.priority, next(self._seq), batch))
         lane.wake.set()
@@ -451,6 +443,6 @@ class Deliverer:
         try:
             await self._sleep(delay)
         except asyncio.CancelledError:
-            self._resolve(batch.ops, Status.PENDING, "not sent: the pass was cancelled")
+            self._resolve(batch.ops, Status.PENDING, CANCELLED)
             raise
         self._ready(lane, batch)

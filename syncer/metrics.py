@@ -23,6 +23,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from syncer.clock import utcnow
 from syncer.model import Endpoint
 from syncer.pipeline import PassResult
 
@@ -126,7 +127,7 @@ class Metrics:
         if oldest is None:
             self.lag.set(0)
         else:
-            now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            now = utcnow()
             self.lag.set(max(0.0, (now - oldest).total_seconds()))
 
 

@@ -72,6 +72,14 @@ def user_id(raw: object) -> str:
     return text
 
 
+def user_id_or_none(raw: object) -> str | None:
+    """:func:`user_id`, or None where the key cannot be one (the caller reports it)."""
+    try:
+        return user_id(raw)
+    except Invalid:
+        return None
+
+
 def phone_number(raw: object) -> str:
     """Digits only, domestic form: ``+82 10-1234-5678``, ``010-1234-5678`` → ``01012345678``."""
     _refuse_unreadable(raw)

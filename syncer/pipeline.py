@@ -7,7 +7,6 @@ This is the only module that wires the others together; the CLI and the daemon o
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import itertools
 import math
 import os
@@ -34,6 +33,7 @@ from syncer.capture import (
 from syncer.capture.outbox import OutboxCapture
 from syncer.capture.snapshot import SnapshotCapture
 from syncer.capture.watermark import WatermarkCapture
+from syncer.clock import utcnow
 from syncer.config import Config
 from syncer.deliver import Deliverer, NullObserver, Observer
 from syncer.destinations import Sender
@@ -66,9 +66,6 @@ Progress = Callable[[str, int, int | None], None]
 _SAMPLE: Final = 20
 PRUNE_BATCH: Final = 500   # old passes deleted after each pass, at most
 
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def build_senders(config: Config) -> list[Sender]:
@@ -375,7 +372,7 @@ class _Pass:
             self._invalid_key(dup, "two rows of the source give this user id (duplicate key, "
                                    "or keys that differ only by surrounding spaces)")
         for key in keys:
-            wanted = _uid(key)
+            wanted = normalize.user_id_or_none(key)
             if wanted is not None and wanted not in records and wanted not in twice:
                 records[wanted] = UserRecord(wanted, key, None, deleted=True)
         for uid, record in list(records.items()):
@@ -777,12 +774,6 @@ def _refuse_a_soft_delete_that_deletes_everyone(config: Config, found: Candidate
         "soft_delete_column at the right one) before the first pass records everyone as "
         "deleted.")
 
-
-def _uid(key: object) -> str | None:
-    try:
-        return normalize.user_id(key)
-    except Invalid:
-        return None
 
 
 def _sample(op: Op) -> Sample:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from syncer.clock import utcnow
 from syncer.commands import StatusReport
 from syncer.pipeline import PassResult
 
@@ -51,7 +52,7 @@ def _cell(text: str) -> str:
 def _ago(when: dt.datetime | None) -> str:
     if when is None:
         return "never"
-    seconds = (dt.datetime.now(dt.UTC).replace(tzinfo=None) - when).total_seconds()
+    seconds = (utcnow() - when).total_seconds()
     if seconds < 90:
         return f"{seconds:.0f}s ago"
     if seconds < 5400:

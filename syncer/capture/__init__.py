@@ -144,10 +144,11 @@ def sort_keys(ctx: CaptureContext, keys: Sequence[object], out: Candidates,
     like :func:`sort_rows`; a key with no row is a deletion, unless the state already has it
     deleted everywhere."""
     for i in range(0, len(keys), _CHUNK):
-        part = [k for k in keys[i:i + _CHUNK] if _uid(k) not in seen]
+        part = [k for k in keys[i:i + _CHUNK] if normalize.user_id_or_none(k) not in seen]
         rows = ctx.source.read(part, values=False)
         sort_rows(ctx, rows, out, seen)
-        missing = [(k, uid) for k in part if (uid := _uid(k)) is not None and uid not in seen]
+        missing = [(k, uid) for k in part
+                   if (uid := normalize.user_id_or_none(k)) is not None and uid not in seen]
         known = ctx.state.peek([uid for _, uid in missing])
         for key, uid in missing:
             seen.add(uid)
@@ -169,12 +170,6 @@ def pending_keys(ctx: CaptureContext, out: Candidates) -> list[object]:
         out.more = True
     return [ctx.source.typed_key(r.user_id, r.source_key) for r in rows]
 
-
-def _uid(key: object) -> str | None:
-    try:
-        return normalize.user_id(key)
-    except Invalid:
-        return None
 
 
 def _batched(rows: Iterable[RawRow]) -> Iterator[list[RawRow]]:

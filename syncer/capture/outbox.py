@@ -14,7 +14,6 @@ full snapshot.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import threading
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from syncer.capture import Candidates, CaptureContext, pending_keys, sort_keys
 from syncer.capture.snapshot import SnapshotCapture
+from syncer.clock import utcnow
 from syncer.config import CaptureConfig, Config, SourceConfig
 from syncer.errors import ConfigError, SourceError
 from syncer.mapping import Mapping
@@ -347,7 +347,7 @@ def _forget_position(config: Config) -> None:
 
     store = SqlStateStore.from_url(config.state.url)
     try:
-        store.set_cursor(CURSOR, None, _utcnow())
+        store.set_cursor(CURSOR, None, utcnow())
     finally:
         store.close()
 
@@ -386,7 +386,7 @@ class OutboxCapture:
             # Everything before now comes from a snapshot; the outbox already keeps what happens
             # meanwhile, and the next pass handles it.
             out = SnapshotCapture().collect(ctx)
-            out.commit = lambda: ctx.state.set_cursor(CURSOR, "snapshot taken", _utcnow())
+            out.commit = lambda: ctx.state.set_cursor(CURSOR, "snapshot taken", utcnow())
             out.position = {"outbox": "first pass: full snapshot"}
             return out
         marked = self._marks_deletions(ctx, n)
@@ -544,6 +544,3 @@ class NotifyListener(threading.Thread):
                 backoff = min(backoff * 2, 30.0)
         self.connected.clear()
 
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)

@@ -30,6 +30,7 @@ import structlog
 
 from syncer.capture import Candidates, CaptureContext, pending_keys, sort_keys, sort_rows
 from syncer.capture.snapshot import SnapshotCapture
+from syncer.clock import utcnow
 from syncer.config import CaptureConfig
 from syncer.errors import ConfigError
 from syncer.source import Source
@@ -272,7 +273,7 @@ class WatermarkCapture:
             start, _ = self._start(ctx)
             out = SnapshotCapture().collect(ctx)
             value = Cursor(start, time.time(), False).encode()
-            out.commit = lambda: ctx.state.set_cursor(CURSOR, value, _utcnow())
+            out.commit = lambda: ctx.state.set_cursor(CURSOR, value, utcnow())
             out.position = {"watermark": "first pass: full snapshot", "starts_at": str(start)}
             return out
         cursor = Cursor.decode(stored)
@@ -304,7 +305,7 @@ class WatermarkCapture:
 
         sort_rows(ctx, tracked(), out, seen)
         value = self.advance(cursor, newest[0], horizon, time.time()).encode()
-        out.commit = lambda: ctx.state.set_cursor(CURSOR, value, _utcnow())
+        out.commit = lambda: ctx.state.set_cursor(CURSOR, value, utcnow())
         out.position = self._describe(cursor, low, horizon)
         if ahead[0]:
             out.position["stamped_in_the_future"] = ahead[0]
@@ -433,6 +434,3 @@ def index_used(source: Source, column: str) -> str:
                 f"CREATE INDEX ON {source.relation} ({col})")
     return "used"
 
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)

@@ -12,7 +12,6 @@ import errno
 import json
 import socket
 import ssl
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -153,7 +152,3 @@ def _connect_failure(exc: httpx.ConnectError) -> str:
     if "name or service not known" in text or "nodename nor servname" in text:
         return "host name not found"
     return f"connection failed, {type(exc).__name__}"
-
-
-def wall_clock() -> float:
-    return time.time()

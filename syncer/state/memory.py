@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+from syncer.clock import utcnow
 from syncer.model import Delivered, KeyKind, Quarantine, UserState, UserWrite
 from syncer.state import PassRecord, ProblemRow, QuarantineRow, ScanRow, StateCounts
 
@@ -241,7 +242,7 @@ class MemoryStateStore:
             u.q_fingerprints.clear()
             u.q_transient.clear()
             u.dirty, u.row_hash = True, None
-            u.dirty_since = u.dirty_since or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            u.dirty_since = u.dirty_since or utcnow()
         return len(ids)
 
     def forget(self, user_ids: Sequence[str] | None) -> int:
@@ -256,5 +257,5 @@ class MemoryStateStore:
             if not u.gone:
                 u.row_hash = None
                 u.dirty = True
-                u.dirty_since = u.dirty_since or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+                u.dirty_since = u.dirty_since or utcnow()
         return count

@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from syncer.clock import utcnow
 from syncer.errors import ConfigError, StateError
 from syncer.model import (
     BLUX,
@@ -357,7 +358,7 @@ class SqlStateStore:
         return int(count), oldest
 
     def request(self, kind: str, user_ids: Sequence[str] | None) -> int:
-        rows = [{"kind": kind, "user_id": uid, "created_at": _utcnow()}
+        rows = [{"kind": kind, "user_id": uid, "created_at": utcnow()}
                 for uid in (user_ids if user_ids is not None else [None])]
         self._run("request", lambda c: c.execute(t.requests.insert(), rows))
         return len(rows)
@@ -612,12 +613,9 @@ class SqlStateStore:
         return int(self._run("resync", go))
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
 
 def _waiting() -> Any:
-    return func.coalesce(t.users.c.dirty_since, _utcnow())
+    return func.coalesce(t.users.c.dirty_since, utcnow())
 
 
 def _blank() -> dict[str, Any]:
