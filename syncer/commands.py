@@ -15,17 +15,13 @@ import structlog
 from syncer import fingerprint_key
 from syncer import lock as sender_lock
 from syncer.config import Config
+from syncer.databases import create_state_engine
 from syncer.errors import ConfigError, StateMissing, SyncerError
 from syncer.pipeline import PassResult, Progress, Runtime, plan_pass, run_pass
 from syncer.source import Source
 from syncer.state import PassRecord, ProblemRow, QuarantineRow, StateCounts
 from syncer.state.memory import MemoryStateStore
-from syncer.state.sql import (
-    SqlStateStore,
-    create_state_engine,
-    state_exists,
-    state_location,
-)
+from syncer.state.sql import SqlStateStore, state_exists, state_location
 from syncer.state.sql import migrate as migrate_state
 
 log = structlog.get_logger("syncer.commands")

@@ -31,11 +31,11 @@ from syncer import lock as sender_lock
 from syncer.capture.outbox import NotifyListener, channel_name
 from syncer.commands import open_runtime
 from syncer.config import Config, parse_listen
+from syncer.databases import STATEMENT_TIMEOUT_SECONDS
 from syncer.errors import ConfigError, SyncerError
 from syncer.metrics import Metrics, serve
 from syncer.pipeline import PassResult, Runtime, run_pass
 from syncer.sdnotify import Notifier
-from syncer.source import STATEMENT_TIMEOUT_SECONDS
 
 log = structlog.get_logger("syncer.daemon")
 

@@ -18,9 +18,9 @@ from typing import Final
 from sqlalchemy.engine import make_url
 
 from syncer.config import Config
+from syncer.databases import sqlite_path
 from syncer.errors import ConfigError
 from syncer.state import StateStore
-from syncer.state.sql import sqlite_path
 
 CHECK: Final = "key_check"
 FILE_NAME: Final = "fingerprint.key"

@@ -186,7 +186,7 @@ def for_config(config: Config, instance: str) -> SenderLock:
     url = make_url(config.state.url)
     if url.get_backend_name() == "postgresql":
         return PostgresLock(config.state.url, instance)
-    from syncer.state.sql import sqlite_path
+    from syncer.databases import sqlite_path
 
     path = sqlite_path(config.state.url)
     if path is None:   # an in-memory state belongs to one process: nothing to share

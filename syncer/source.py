@@ -19,161 +19,20 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, bindparam, inspect, text
 from sqlalchemy import types as satypes
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchTableError, SQLAlchemyError
+from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from syncer.config import CaptureConfig, SourceConfig
+from syncer.databases import create_source_engine, describe_error
 from syncer.errors import ConfigError, SourceError
 from syncer.model import KeyKind, RawRow
-from syncer.normalize import Invalid, Unreadable, is_deleted_flag, is_zero_date
-from syncer.secret import redact_url, scrub
+from syncer.normalize import Invalid, is_deleted_flag
+from syncer.secret import redact_url
 
 _READ_CHUNK: Final = 1000
 _U64: Final = 1 << 64
 _I63: Final = 1 << 63
-
-
-def create_source_engine(url: str) -> Engine:
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigError(f"[source] url is not a database URL: {redact_url(url)}") from None
-    backend = parsed.get_backend_name()
-    if backend not in ("postgresql", "mysql", "mariadb", "sqlite"):
-        raise ConfigError(f"[source] url: {backend} is not supported "
-                          "(PostgreSQL, MySQL/MariaDB or SQLite)")
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    elif parsed.drivername in ("mysql", "mariadb"):
-        parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
-    if backend == "postgresql":
-        # A dead server or network is noticed in about a minute, not after TCP's 15.
-        kwargs["connect_args"] = {"application_name": "syncer", "connect_timeout": 10,
-                                  "keepalives": 1, "keepalives_idle": 30,
-                                  "keepalives_interval": 10, "keepalives_count": 3}
-    elif backend in ("mysql", "mariadb"):
-        kwargs["connect_args"] = {"connect_timeout": 10, "read_timeout": 600,
-                                  "write_timeout": 60}
-    else:
-        kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30},
-                  "hide_parameters": True}
-    if backend in ("mysql", "mariadb"):
-        kwargs["connect_args"]["conv"] = _mysql_conversions()
-    engine = create_engine(parsed, **kwargs)
-    event.listen(engine, "connect", _session_limits(backend))
-    event.listen(engine, "connect", _readable_values(backend))
-    return engine
-
-
-# ----------------------------------------------------------------------------- odd values
-# A value the driver cannot turn into a Python value must cost only its own row, not the whole
-# read: it is handed on as :class:`normalize.Unreadable` (which names its kind, never the value).
-
-
-def _mysql_conversions() -> dict[int, Any]:
-    """PyMySQL's decoders, with MySQL's zero dates ('0000-00-00 00:00:00': "not set" in many
-    schemas) as NULL instead of the text PyMySQL hands back for them."""
-    import pymysql.converters as conv
-    from pymysql.constants import FIELD_TYPE
-
-    def date_or_none(decode: Any) -> Any:
-        def convert(value: Any) -> Any:
-            result = decode(value)
-            return None if isinstance(result, str) and is_zero_date(result) else result
-        return convert
-
-    decoders = dict(conv.decoders)
-    for field_type in (FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP, FIELD_TYPE.DATE):
-        decoders[field_type] = date_or_none(decoders[field_type])
-    out: dict[Any, Any] = dict(conv.conversions)
-    out.update(decoders)
-    return out
-
-
-def _sqlite_text(data: bytes) -> object:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return Unreadable("text that is not valid UTF-8")
-
-
-def _pg_loaders() -> list[tuple[str, Any]]:
-    """Loaders for PostgreSQL's dates and timestamps that hand 'infinity', '-infinity' and years
-    outside 1..9999 on as Unreadable instead of failing the whole result."""
-    import psycopg
-    from psycopg.types import datetime as pdt
-
-    out: list[tuple[str, Any]] = []
-    for name, base in (("timestamp", pdt.TimestampLoader), ("timestamptz", pdt.TimestamptzLoader),
-                       ("date", pdt.DateLoader), ("timestamp", pdt.TimestampBinaryLoader),
-                       ("timestamptz", pdt.TimestamptzBinaryLoader),
-                       ("date", pdt.DateBinaryLoader)):
-
-        class Safe(base):  # type: ignore[valid-type,misc]
-            def load(self, data: Any) -> Any:
-                try:
-                    return super().load(data)
-                except psycopg.DataError:
-                    return Unreadable(f"a {self._kind} outside the years 1 to 9999")
-
-        Safe._kind = name
-        out.append((name, Safe))
-    return out
-
-
-def _readable_values(backend: str) -> Any:
-    loaders = _pg_loaders() if backend == "postgresql" else []
-
-    def apply(dbapi_conn: Any, _record: Any) -> None:
-        if backend == "sqlite":
-            dbapi_conn.text_factory = _sqlite_text
-        for name, loader in loaders:
-            dbapi_conn.adapters.register_loader(name, loader)
-
-    return apply
-
-
-# The reader never waits long for a lock (a migration holding the table) and never runs a
-# statement for ages: the pass fails, says why, and the next one tries again.
-LOCK_TIMEOUT_SECONDS: Final = 10
-STATEMENT_TIMEOUT_SECONDS: Final = 600
-
-
-def _session_limits(backend: str) -> Any:
-    statements = {
-        "postgresql": [f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'",
-                       f"SET statement_timeout = '{STATEMENT_TIMEOUT_SECONDS}s'",
-                       "SET idle_in_transaction_session_timeout = '600s'"],
-        "mysql": [f"SET SESSION lock_wait_timeout = {LOCK_TIMEOUT_SECONDS}",
-                  f"SET SESSION innodb_lock_wait_timeout = {LOCK_TIMEOUT_SECONDS}",
-                  f"SET SESSION max_execution_time = {STATEMENT_TIMEOUT_SECONDS * 1000}",
-                  f"SET SESSION max_statement_time = {STATEMENT_TIMEOUT_SECONDS}"],
-    }.get("mysql" if backend == "mariadb" else backend, [])
-
-    def apply(dbapi_conn: Any, _record: Any) -> None:
-        for statement in statements:
-            cursor = dbapi_conn.cursor()
-            try:
-                cursor.execute(statement)
-            except Exception:
-                if backend == "postgresql":
-                    raise
-            finally:
-                cursor.close()
-        if backend == "postgresql":
-            dbapi_conn.commit()
-
-    return apply
-
-
-def describe_error(exc: BaseException) -> str:
-    """A database error in one line, without values from the rows (they may be personal data)."""
-    orig = getattr(exc, "orig", None) or exc
-    first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    return scrub(first[:300])
 
 
 def py_row_hash(seed: int, key: object, values: Sequence[object]) -> int:

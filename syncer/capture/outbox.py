@@ -28,9 +28,10 @@ from syncer.capture import Candidates, CaptureContext, pending_keys, sort_keys
 from syncer.capture.snapshot import SnapshotCapture
 from syncer.clock import utcnow
 from syncer.config import CaptureConfig, Config, SourceConfig
+from syncer.databases import create_source_engine, describe_error
 from syncer.errors import ConfigError, SourceError
 from syncer.mapping import Mapping
-from syncer.source import Source, create_source_engine
+from syncer.source import Source
 
 log = structlog.get_logger("syncer.capture.outbox")
 
@@ -333,8 +334,6 @@ def _execute(source: Source, statements: list[str]) -> None:
             for statement in statements:
                 conn.exec_driver_sql(statement)
     except Exception as exc:
-        from syncer.source import describe_error
-
         raise SourceError(f"cannot change {source.description}: {describe_error(exc)} (the "
                           "reader may lack the rights: `syncer outbox sql` prints the SQL for a "
                           "DBA)") from exc

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,7 @@ from sqlalchemy import (
     Table,
     and_,
     case,
-    create_engine,
     delete,
-    event,
     func,
     inspect,
     select,
@@ -30,6 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from syncer.clock import utcnow
+from syncer.databases import create_state_engine, sqlite_path
 from syncer.errors import ConfigError, StateError
 from syncer.model import (
     BLUX,
@@ -67,21 +65,6 @@ def migrations_dir() -> Path:
         return Path(__file__).resolve().parents[2] / "migrations"
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The file of a SQLite URL (plain or ``file:`` URI form); None for an in-memory one."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return None
-    database = parsed.database or ""
-    if database.startswith("file:"):
-        database = database[5:].split("?", 1)[0]
-        if database.startswith("//"):
-            database = database[2:]
-    if not database or database == ":memory:" or "mode=memory" in (parsed.database or ""):
-        return None
-    return Path(database).expanduser().resolve()
-
-
 def state_location(url: str) -> str:
     """Where a state lives, for messages: the SQLite file, or the URL without its password."""
     try:
@@ -109,52 +92,6 @@ def state_exists(url: str) -> bool:
         raise StateError(f"state database: {_brief(exc)}") from exc
     finally:
         engine.dispose()
-
-
-def create_state_engine(url: str) -> Engine:
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigError(f"[state] url is not a database URL: {redact_url(url)}") from None
-    backend = parsed.get_backend_name()
-    if backend not in ("sqlite", "postgresql"):
-        raise ConfigError(f"[state] url: the state lives in SQLite or PostgreSQL, not {backend}")
-    if backend == "sqlite":
-        path = sqlite_path(url)
-        if path is not None:
-            parent = path.parent
-            if not parent.is_dir():
-                raise ConfigError(
-                    f"[state] url: the directory {parent} does not exist (create it, or use "
-                    "systemd's StateDirectory=)"
-                )
-            _create_private(path)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               hide_parameters=True)
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        return engine
-    if parsed.drivername == "postgresql":
-        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
-
-
-def _create_private(path: Path) -> None:
-    """Create a new SQLite state file with mode 0600 before SQLite opens it (an empty file is an
-    empty database); SQLite gives its -wal and -shm files the same mode."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise ConfigError(f"[state] url: cannot create {path} ({exc.strerror})") from None
 
 
 def migrate(engine: Engine) -> None:
