@@ -24,8 +24,8 @@ from syncer import __version__, commands, logs
 from syncer.config import Config, load, resolve_path
 from syncer.errors import ConfigError, StateMissing, SyncerError
 from syncer.logs import LEVELS
-from syncer.pipeline import PassResult
 from syncer.pipeline import Progress as ProgressFn
+from syncer.results import PassOutcome, PassResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = structlog.get_logger("syncer.cli")
@@ -120,7 +120,7 @@ def _finish(console: Console, result: PassResult, interrupt: Interrupt) -> NoRet
     from syncer.report import pass_summary
 
     pass_summary(console, result)
-    if result.outcome == "stopped" and interrupt.signum is not None:
+    if result.outcome is PassOutcome.STOPPED and interrupt.signum is not None:
         delivered = sum(result.counts.get(k, 0) for k in ("updated", "deleted", "withdrawn"))
         left = result.counts.get("left")
         click.echo(f"stopped: {delivered} delivered, "
@@ -209,7 +209,7 @@ def plan(config: Config, reconcile: bool, show_values: bool | None) -> None:
     if missing is not None:
         click.echo(f"{missing}: this is what the first pass would send")
     plan_report(console, result, console.is_terminal if show_values is None else show_values)
-    sys.exit(EXIT_OK if result.outcome == "dry-run" else EXIT_UNDELIVERED)
+    sys.exit(EXIT_OK if result.outcome is PassOutcome.DRY_RUN else EXIT_UNDELIVERED)
 
 
 @main.command()

@@ -17,7 +17,9 @@ from syncer import lock as sender_lock
 from syncer.config import Config
 from syncer.databases import create_state_engine
 from syncer.errors import ConfigError, StateMissing, SyncerError
-from syncer.pipeline import PassResult, Progress, Runtime, plan_pass, run_pass
+from syncer.pipeline import Progress, plan_pass, run_pass
+from syncer.results import PassOutcome, PassResult
+from syncer.runtime import Runtime
 from syncer.source import Source
 from syncer.state import PassRecord, ProblemRow, QuarantineRow, StateCounts
 from syncer.state.memory import MemoryStateStore
@@ -45,7 +47,7 @@ def open_runtime(config: Config, *, new_state: bool | None = None,
         raise ConfigError(exc.problems + _source_problems(config)) from None
     try:
         rt.check()
-        if guard and not rt.state.has_users() and not rt.state.recent_passes(1):
+        if guard and not rt.state.ledger.has_users() and not rt.state.passes.recent(1):
             _refuse_if_delivered_elsewhere(config, rt.source)
     except BaseException:
         rt.close()
@@ -155,17 +157,17 @@ def _requeue(config: Config, kind: str, user_ids: Sequence[str] | None,
     try:
         held = sender_lock.for_config(config, rt.instance)
         if not held.acquire():
-            count = rt.state.request(kind, ids)
+            count = rt.state.requests.add(kind, ids)
             sender = held.holder() or "another instance"
             if kind == "retry":
-                quarantined = rt.state.quarantined_ids(ids)
+                quarantined = rt.state.ledger.quarantined_ids(ids)
                 return Requeued(len(quarantined), None, sender,
                                 *_not_quarantined(rt, ids, quarantined))
-            return Requeued(count if ids else rt.state.counts().known, None, sender)
+            return Requeued(count if ids else rt.state.ledger.counts().known, None, sender)
         try:
             missing: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
             if kind == "retry":
-                missing = _not_quarantined(rt, ids, rt.state.quarantined_ids(ids))
+                missing = _not_quarantined(rt, ids, rt.state.ledger.quarantined_ids(ids))
             users = apply_request(rt, kind, ids)
             return Requeued(users, run_pass(rt, progress=progress, stop=stop), None, *missing)
         finally:
@@ -180,7 +182,7 @@ def _not_quarantined(rt: Runtime, ids: list[str] | None,
     if ids is None:
         return (), ()
     rest = [uid for uid in ids if uid not in quarantined]
-    known = rt.state.peek(rest)
+    known = rt.state.ledger.peek(rest)
     return (tuple(uid for uid in rest if uid in known),
             tuple(uid for uid in rest if uid not in known))
 
@@ -188,8 +190,8 @@ def _not_quarantined(rt: Runtime, ids: list[str] | None,
 def apply_request(rt: Runtime, kind: str, user_ids: list[str] | None) -> int:
     """Mark users to be sent again (only ever called by the instance holding the lock)."""
     if kind == "retry":
-        return rt.state.requeue_quarantined(user_ids)
-    return rt.state.forget(user_ids)
+        return rt.state.ledger.requeue_quarantined(user_ids)
+    return rt.state.ledger.forget(user_ids)
 
 
 def retry(config: Config, user_ids: Sequence[str] | None = None, *,
@@ -215,7 +217,7 @@ def resync(config: Config, user_ids: Sequence[str] | None = None, *, new_key: bo
                               "current key: stop it before replacing the key")
         store = SqlStateStore.from_url(config.state.url)
         try:
-            store.forget(None)
+            store.ledger.forget(None)
             path = fingerprint_key.replace_key(config, store)
             log.warning("state.new_key", key_file=str(path))
         finally:
@@ -272,16 +274,17 @@ class StatusReport:
 def destination_health(config: Config, passes: list[PassRecord]) -> dict[str, str]:
     """Per destination, what the newest finished pass says about it."""
     names = [n for n, on in (("blux", config.blux), ("nachocode", config.nachocode)) if on]
-    finished = [p for p in passes if p.finished_at is not None and p.outcome != "running"]
+    finished = [p for p in passes
+                if p.finished_at is not None and p.outcome is not PassOutcome.RUNNING]
     health = {name: "unknown (no pass yet)" for name in names}
     if finished:
-        last = finished[0]
+        counts = finished[0].counts
         for name in names:
-            if last.counts.get(f"credentials:{name}"):
+            if name in counts.credentials:
                 health[name] = "credentials rejected"
-            elif any(k.startswith(f"held:{name}") for k in last.counts):
+            elif any(ep.destination == name for ep in counts.held):
                 health[name] = "held back (see the pass message)"
-            elif any(k.startswith(f"pending:{name}") for k in last.counts):
+            elif any(ep.destination == name and n for ep, n in counts.pending.items()):
                 health[name] = "failing (some sends pending)"
             else:
                 health[name] = "ok"
@@ -295,21 +298,22 @@ def status(config: Config, *, limit: int = 10) -> StatusReport:
         raise StateMissing(missing)
     store = SqlStateStore.from_url(config.state.url)
     try:
-        passes = store.recent_passes(max(limit, 50))
-        _, oldest = store.pending()
+        passes = store.passes.recent(max(limit, 50))
+        _, oldest = store.ledger.pending()
         last = next((p for p in passes if p.finished_at is not None), None)
         report = StatusReport(
             passes=passes[:limit],
-            counts=store.counts(),
-            quarantined=store.quarantined(limit),
-            problems=store.problems(limit),
+            counts=store.ledger.counts(),
+            quarantined=store.ledger.quarantined(limit),
+            problems=store.ledger.problems(limit),
             destinations=destination_health(config, passes),
             position=_position(config),
-            last_success=next((p.finished_at for p in passes if p.outcome == "ok"), None),
+            last_success=next((p.finished_at for p in passes if p.outcome is PassOutcome.OK),
+                              None),
             oldest_pending=oldest,
             sender=sender_lock.for_config(config, "status").holder(),
-            pending_by_endpoint={k.split(":", 1)[1]: v for k, v in
-                                 (last.counts.items() if last else ()) if k.startswith("pending:")},
+            pending_by_endpoint={str(ep): n for ep, n in last.counts.pending.items()}
+            if last else {},
         )
     finally:
         store.close()

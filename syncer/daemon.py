@@ -34,7 +34,9 @@ from syncer.config import Config, parse_listen
 from syncer.databases import STATEMENT_TIMEOUT_SECONDS
 from syncer.errors import ConfigError, SyncerError
 from syncer.metrics import Metrics, serve
-from syncer.pipeline import PassResult, Runtime, run_pass
+from syncer.pipeline import run_pass
+from syncer.results import PassOutcome, PassResult
+from syncer.runtime import Runtime
 from syncer.sdnotify import Notifier
 
 log = structlog.get_logger("syncer.daemon")
@@ -118,14 +120,13 @@ class Daemon:
         self.last_result = result
         self.passes += 1
         now = time.monotonic()
-        if result.outcome == "failed":
+        if result.outcome is PassOutcome.FAILED:
             self.problem = result.message or "the last pass failed"
         else:
             self.problem = None
-        if result.outcome in ("ok", "partial", "valve"):
+        if result.outcome.completed:
             self.last_completed = now
-        pending = {k.split(":", 1)[1] for k, v in result.counts.items()
-                   if k.startswith("pending:") and v}
+        pending = {endpoint for endpoint, n in result.counts.pending.items() if n}
         for endpoint in list(self.failing):
             if endpoint not in pending:
                 del self.failing[endpoint]
@@ -134,7 +135,7 @@ class Daemon:
             self.failing.setdefault(endpoint, (now, reason))
         self.metrics.record_pass(result, self.rt.destinations)
         try:
-            count, oldest = self.rt.state.pending()
+            count, oldest = self.rt.state.ledger.pending()
             self.metrics.record_pending(count, oldest)
         except SyncerError:
             pass
@@ -257,9 +258,10 @@ class Daemon:
         if not self.in_pass or rt is None:
             return True
         now = time.monotonic()
-        if now - rt.last_beat < (self.notifier.watchdog_seconds or 120.0) / 2:
+        beat = rt.heartbeat
+        if now - beat.last < (self.notifier.watchdog_seconds or 120.0) / 2:
             return True
-        return bool(rt.busy) and now - rt.busy_since < self.query_allowance
+        return bool(beat.busy) and now - beat.busy_since < self.query_allowance
 
     # ------------------------------------------------------------------ the process
 

@@ -108,8 +108,23 @@ class _Lane:
         return self.sender.endpoint
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What a pass's delivery came to, beside the outcome of each operation."""
+
+    requests: dict[Endpoint, int]        # requests sent, per endpoint
+    credentials: dict[str, str]          # destination -> why it refused the keys
+    held: dict[Endpoint, str]            # endpoint -> why it held operations back
+    pending: dict[Endpoint, str]         # endpoint -> the last reason an operation was left
+    throttled: dict[Endpoint, float]     # seconds spent waiting for the rate limit
+
+
 class Deliverer:
-    """Runs the workers of every endpoint for one pass (use as an async context manager)."""
+    """Runs the workers of every endpoint for one pass (use as an async context manager).
+
+    :param feeding: operations will keep coming until :meth:`feeding_done`: a batch with no
+        urgent operation leaves only full until then, so a pass makes no needless calls.
+    """
 
     def __init__(self, senders: Sequence[Sender], client: httpx.AsyncClient, policy: RetryPolicy,
                  on_outcome: Callable[[Outcome], None], *,
@@ -119,7 +134,8 @@ class Deliverer:
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  rng: random.Random | None = None,
                  observer: Observer | None = None,
-                 pacers: dict[Endpoint, Pacer] | None = None) -> None:
+                 pacers: dict[Endpoint, Pacer] | None = None,
+                 feeding: bool = False) -> None:
         self.client = client
         self.policy = policy
         self.on_outcome = on_outcome
@@ -129,16 +145,16 @@ class Deliverer:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self.observer: Observer = observer or NullObserver()
-        self.lanes: dict[Endpoint, _Lane] = {}
+        self._lanes: dict[Endpoint, _Lane] = {}
         pacers = pacers if pacers is not None else {}
         for sender in senders:
             pacer = pacers.setdefault(sender.endpoint, Pacer.for_rate(sender.rate))
             limiter = AsyncRateLimiter(pacer, clock, sleep)
-            self.lanes[sender.endpoint] = _Lane(sender, limiter,
+            self._lanes[sender.endpoint] = _Lane(sender, limiter,
                                                 asyncio.Semaphore(sender.max_in_flight))
-        self.credentials: dict[str, str] = {}  # destination -> why its keys were refused
-        self.held: dict[Endpoint, str] = {}
-        self.pending_reasons: dict[Endpoint, str] = {}  # the last reason an operation waits
+        self._credentials: dict[str, str] = {}  # destination -> why its keys were refused
+        self._held: dict[Endpoint, str] = {}
+        self._pending: dict[Endpoint, str] = {}  # the last reason an operation waits
         self._outstanding = 0
         self._open: dict[int, Op] = {}  # submitted operations without an outcome yet
         self._idle = asyncio.Event()
@@ -146,7 +162,7 @@ class Deliverer:
         self._progress = asyncio.Event()
         self._closing = False
         self._accepting = True
-        self.feeding = False  # set by the producer while it still submits operations
+        self._feeding = feeding
         self._seq = itertools.count()
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -156,13 +172,13 @@ class Deliverer:
 
     async def __aenter__(self) -> Deliverer:
         self._workers = [asyncio.create_task(self._worker(lane), name=f"deliver:{ep}")
-                         for ep, lane in self.lanes.items()]
+                         for ep, lane in self._lanes.items()]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._closing = True
-        self.feeding = False
-        for lane in self.lanes.values():
+        self._feeding = False
+        for lane in self._lanes.values():
             lane.wake.set()
         if exc[0] is not None:
             for task in [*self._workers, *self._tasks, *self._waiting]:
@@ -176,7 +192,7 @@ class Deliverer:
         """Queue operations; each ends in one outcome. Operations for an endpoint without a
         sender, or after :meth:`stop_accepting`, are pending at once."""
         for op in ops:
-            lane = self.lanes.get(op.endpoint)
+            lane = self._lanes.get(op.endpoint)
             if id(op) in self._open:
                 continue  # the same operation twice: it gets one outcome
             self._open[id(op)] = op
@@ -191,6 +207,13 @@ class Deliverer:
                 continue
             (lane.urgent if op.priority == URGENT else lane.normal).append(op)
             lane.wake.set()
+
+    def report(self) -> DeliveryReport:
+        return DeliveryReport({ep: lane.requests for ep, lane in self._lanes.items()
+                               if lane.requests},
+                              dict(self._credentials), dict(self._held),
+                              dict(self._pending),
+                              {ep: lane.limiter.waited for ep, lane in self._lanes.items()})
 
     async def wait_below(self, limit: int) -> None:
         """Backpressure: return once fewer than ``limit`` operations are waiting or in flight."""
@@ -208,7 +231,7 @@ class Deliverer:
         if not self._accepting:
             return
         self._accepting = False
-        for lane in self.lanes.values():
+        for lane in self._lanes.values():
             self._drop_queue(lane, reason)
         for task in [*self._workers, *self._waiting]:
             task.cancel()
@@ -220,7 +243,7 @@ class Deliverer:
         """Give each operation its one outcome; an operation that already has one is skipped,
         and a failing callback is logged, so the count of open operations stays exact."""
         if status is Status.PENDING and ops and reason:
-            self.pending_reasons[ops[0].endpoint] = reason
+            self._pending[ops[0].endpoint] = reason
         for op in ops:
             if self._open.pop(id(op), None) is None:
                 continue
@@ -257,7 +280,7 @@ class Deliverer:
         if best_ready is not None and (best_ready <= URGENT or not lane.urgent):
             return heapq.heappop(lane.ready)[2]
         size = lane.sender.batch_size
-        if not lane.urgent and (not lane.normal or (self.feeding and len(lane.normal) < size)):
+        if not lane.urgent and (not lane.normal or (self._feeding and len(lane.normal) < size)):
             return None
         ops = [lane.urgent.popleft() for _ in range(min(size, len(lane.urgent)))]
         priority = URGENT if ops else URGENT + 1
@@ -266,8 +289,8 @@ class Deliverer:
 
     def feeding_done(self) -> None:
         """No more operations will be submitted: partial batches may leave now."""
-        self.feeding = False
-        for lane in self.lanes.values():
+        self._feeding = False
+        for lane in self._lanes.values():
             lane.wake.set()
 
     async def _worker(self, lane: _Lane) -> None:
@@ -347,16 +370,16 @@ class Deliverer:
                     f"({error}); stopped sending there: check the configuration")
         if isinstance(error, CredentialsRejected):
             dest = endpoint.destination
-            if dest not in self.credentials:
+            if dest not in self._credentials:
                 log.error("delivery.credentials_rejected", destination=dest, reason=str(error))
-            self.credentials.setdefault(dest, str(error))
+            self._credentials.setdefault(dest, str(error))
             self._resolve(batch.ops, Status.PENDING, str(error))
-            self._block([ln for ep, ln in self.lanes.items() if ep.destination == dest],
+            self._block([ln for ep, ln in self._lanes.items() if ep.destination == dest],
                         str(error))
         elif isinstance(error, HeldBack):
-            if endpoint not in self.held:
+            if endpoint not in self._held:
                 log.warning("delivery.held_back", endpoint=str(endpoint), reason=str(error))
-            self.held.setdefault(endpoint, str(error))
+            self._held.setdefault(endpoint, str(error))
             self._resolve(batch.ops, Status.PENDING, str(error))
             self._block([lane], str(error))
         elif isinstance(error, RejectedError):

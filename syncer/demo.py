@@ -215,9 +215,9 @@ def run_demo(users: int = 3000, keep: str | None = None, console: Console | None
             if keep:
                 console.print(f"files kept in {workdir}: app.db (the app), state.db (syncer's "
                               "state). Try: syncer status -c <a config pointing at them>")
-            calls3 = sum(v for k, v in third.counts.items() if k.startswith("requests:"))
+            calls3 = third.counts.requests_total
             ok = (same and calls3 == 0 and second.counts.get("updated", 0) > 0
-                  and first.outcome in ("ok", "partial") and second.outcome in ("ok", "partial"))
+                  and first.outcome.completed and second.outcome.completed)
             return 0 if ok else 1
     finally:
         if holder is not None:

@@ -45,11 +45,11 @@ def check_value(key: bytes) -> str:
 def load(config: Config, state: StateStore) -> bytes:
     """The key for this state: read from its file (created on the very first run)."""
     path = default_path(config)
-    stored_check = state.get_meta(CHECK)
+    stored_check = state.cursors.get_meta(CHECK)
     if path is None:
         if make_url(config.state.url).get_backend_name() == "sqlite":
             key = secrets.token_bytes(32)  # an in-memory state: a key for this process only
-            state.set_meta(CHECK, check_value(key))
+            state.cursors.set_meta(CHECK, check_value(key))
             return key
         raise ConfigError("[state] key_file is needed with a PostgreSQL state: a file (mode "
                           "0600) that every instance sharing the state can read; syncer creates "
@@ -65,7 +65,7 @@ def load(config: Config, state: StateStore) -> bytes:
             "restore the file (or copy it from the other instance); if it is lost, run "
             "`syncer resync --all --new-key` (every user is sent again)")
     if stored_check is None:
-        state.set_meta(CHECK, check_value(key))
+        state.cursors.set_meta(CHECK, check_value(key))
     elif not hmac.compare_digest(stored_check, check_value(key)):
         raise ConfigError(
             f"[state] key_file: {path} is not the key this state was written with (another "
@@ -83,7 +83,7 @@ def replace_key(config: Config, state: StateStore) -> Path:
     if path.exists():
         path.unlink()
     _create(path, key)
-    state.set_meta(CHECK, check_value(key))
+    state.cursors.set_meta(CHECK, check_value(key))
     return path
 
 

@@ -25,10 +25,7 @@ from prometheus_client import (
 
 from syncer.clock import utcnow
 from syncer.model import Endpoint
-from syncer.pipeline import PassResult
-
-_RESULTS = {"updated": ("blux", "updated"), "deleted": ("blux", "deleted"),
-            "withdrawn": ("nachocode", "withdrawn")}
+from syncer.results import DELIVERED, PassOutcome, PassResult
 
 
 class Metrics:
@@ -92,18 +89,18 @@ class Metrics:
     def record_pass(self, result: PassResult, destinations: Iterable[str]) -> None:
         self.passes.labels(result.kind, result.outcome).inc()
         self.pass_seconds.labels(result.kind).observe(result.seconds)
-        for key, (destination, label) in _RESULTS.items():
-            if result.counts.get(key):
-                self.users.labels(destination, label).inc(result.counts[key])
-        for key, value in result.counts.items():
-            kind, _, endpoint = key.partition(":")
-            if kind in ("quarantined", "pending") and endpoint:
-                self.users.labels(endpoint.split(".")[0], kind).inc(value)
+        for endpoint, label in DELIVERED.items():
+            if result.counts[label]:
+                self.users.labels(endpoint.destination, label).inc(result.counts[label])
+        for label, per_endpoint in (("quarantined", result.counts.quarantined),
+                                    ("pending", result.counts.pending)):
+            for endpoint, n in per_endpoint.items():
+                self.users.labels(endpoint.destination, label).inc(n)
         for destination in destinations:
             self.destination_up.labels(destination).set(
                 0 if destination in result.credentials else 1)
-        if result.outcome == "ok" or (result.outcome == "partial"
-                                      and not result.counts.get("pending")):
+        if result.outcome is PassOutcome.OK or (result.outcome is PassOutcome.PARTIAL
+                                                and not result.counts["pending"]):
             # nothing left to send (a quarantined user or a bad key is reported on its own)
             self.last_success.set(dt.datetime.now(dt.UTC).timestamp())
         position = result.position

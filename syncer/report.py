@@ -12,7 +12,7 @@ from rich.table import Table
 
 from syncer.clock import utcnow
 from syncer.commands import StatusReport
-from syncer.pipeline import PassResult
+from syncer.results import PassOutcome, PassResult
 
 _COUNT_NAMES = {
     "scanned": "rows scanned",
@@ -63,17 +63,17 @@ def _ago(when: dt.datetime | None) -> str:
 
 
 def pass_summary(console: Console, result: PassResult) -> None:
-    head = {"ok": "[green]done[/]", "partial": "[yellow]partly done[/]",
-            "valve": "[red]stopped by the safety valve[/]",
-            "credentials": "[red]credentials rejected[/]", "stopped": "[yellow]stopped[/]",
-            "failed": "[red]failed[/]"}.get(result.outcome, result.outcome)
+    head = {PassOutcome.OK: "[green]done[/]", PassOutcome.PARTIAL: "[yellow]partly done[/]",
+            PassOutcome.VALVE: "[red]stopped by the safety valve[/]",
+            PassOutcome.CREDENTIALS: "[red]credentials rejected[/]",
+            PassOutcome.STOPPED: "[yellow]stopped[/]",
+            PassOutcome.FAILED: "[red]failed[/]"}.get(result.outcome, str(result.outcome))
     console.print(f"{result.kind} pass ({result.mode}): {head} in {result.seconds:.1f}s")
     table = Table(show_header=False, box=None, pad_edge=False)
     for key, name in _COUNT_NAMES.items():
         if result.counts.get(key):
             table.add_row(f"  {name}", str(result.counts[key]))
-    requests = {k.split(":", 1)[1]: v for k, v in result.counts.items()
-                if k.startswith("requests:")}
+    requests = result.counts.requests
     if requests:
         table.add_row("  API requests", ", ".join(f"{k} {v}" for k, v in sorted(requests.items())))
     if not result.counts.get("candidates"):
@@ -83,7 +83,7 @@ def pass_summary(console: Console, result: PassResult) -> None:
         console.print(f"[red]{dest}:[/] {_cell(why)}")
     for ep, why in result.held.items():
         console.print(f"[yellow]{ep}:[/] {_cell(why)}")
-    if result.message and result.outcome not in ("credentials",):
+    if result.message and result.outcome is not PassOutcome.CREDENTIALS:
         console.print(_cell(result.message))
     if result.counts.get("deleted_before_first_pass"):
         console.print("  [dim]rows deleted before syncer's first pass are recorded, not sent; "
@@ -97,7 +97,8 @@ def plan_report(console: Console, result: PassResult, show_values: bool = True) 
     console.print(f"plan for a {result.kind} pass ({result.mode}); nothing is sent or recorded")
     table = Table("endpoint", "users", "calls", "time at the rate limit")
     for endpoint in sorted(set(plan.calls) | set(plan.ops)):
-        table.add_row(endpoint, str(plan.ops.get(endpoint, 0)), str(plan.calls.get(endpoint, 0)),
+        table.add_row(str(endpoint), str(plan.ops.get(endpoint, 0)),
+                      str(plan.calls.get(endpoint, 0)),
                       f"{plan.seconds.get(endpoint, 0.0):.1f}s")
     console.print(table)
     console.print(f"examined {result.counts.get('candidates', 0)} users, "
@@ -119,13 +120,12 @@ def plan_report(console: Console, result: PassResult, show_values: bool = True) 
                 fields = ", ".join(f"{k}={v!r}" for k, v in s.fields.items())
             else:
                 fields = ", ".join(s.fields)
-            sample.add_row(_cell(s.user_id), s.endpoint, s.reason, _cell(fields or "-"))
+            sample.add_row(_cell(s.user_id), str(s.endpoint), s.reason, _cell(fields or "-"))
         console.print(sample)
         if not show_values:
             console.print("[dim]new values are shown on a terminal only (they are personal "
                           "data); --show-values shows them here too[/]")
-    problems = {k.split(":", 1)[1]: v for k, v in result.counts.items()
-                if k.startswith("problem:")}
+    problems = result.counts.problems
     if problems:
         console.print("fields that cannot be normalised (left out): " +
                       ", ".join(f"{k} {v}" for k, v in sorted(problems.items())))

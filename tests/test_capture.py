@@ -497,7 +497,7 @@ def test_status_warns_when_the_cursor_stands_ahead_of_the_clock(
     once(config, sandbox_app)
     store = SqlStateStore.from_url(config.state.url)   # as an older version could leave it
     ahead = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)).replace(tzinfo=None)
-    store.set_cursor(CURSOR, Cursor(ahead.isoformat(sep=" "), time.time(), True).encode(),
+    store.cursors.set(CURSOR, Cursor(ahead.isoformat(sep=" "), time.time(), True).encode(),
                      dt.datetime(2026, 1, 1))
     store.close()
     rt = Runtime(config)

@@ -291,7 +291,7 @@ def test_ctrl_c_during_once_stops_gracefully_and_exits_130(tmp_path: Path) -> No
         assert "Aborted" not in out + err and "Traceback" not in err
         store = SqlStateStore.from_url(state)
         try:
-            (stopped,) = store.recent_passes(10)
+            (stopped,) = store.passes.recent(10)
             assert stopped.outcome == "stopped", stopped.message
             assert stopped.counts["updated"] == len(delivered)   # every delivery recorded
         finally:
@@ -300,7 +300,7 @@ def test_ctrl_c_during_once_stops_gracefully_and_exits_130(tmp_path: Path) -> No
         assert rest.returncode == 0, rest.stdout + rest.stderr
         store = SqlStateStore.from_url(state)
         try:
-            assert store.recent_passes(1)[0].counts["updated"] == 2000 - len(delivered)
+            assert store.passes.recent(1)[0].counts["updated"] == 2000 - len(delivered)
         finally:
             store.close()
         assert set(app.snapshot()["users"]) == set(app_users(src))

@@ -160,7 +160,7 @@ def test_5xx_and_hangs_are_retried_until_delivered() -> None:
     outcomes, d = deliver(ops, mock_transport(sandbox), policy=policy)
     assert statuses(outcomes) == {Status.DELIVERED: 550}
     assert len(sandbox.snapshot()["users"]) == 500
-    assert d.lanes[Endpoint.BLUX_UPDATE].requests > 5
+    assert d.report().requests[Endpoint.BLUX_UPDATE] > 5
 
 
 def test_what_keeps_failing_stays_pending_never_delivered() -> None:
@@ -170,7 +170,8 @@ def test_what_keeps_failing_stays_pending_never_delivered() -> None:
     assert all("500" in o.reason for o in outcomes)
     # each batch tried max_attempts times, and one of them split once to find out whether the
     # API takes a part of it: it does not, so nothing is narrowed further
-    assert d.lanes[Endpoint.BLUX_UPDATE].requests == 2 * FAST.max_attempts + 2 * NARROWING_ATTEMPTS
+    tries = 2 * FAST.max_attempts + 2 * NARROWING_ATTEMPTS
+    assert d.report().requests[Endpoint.BLUX_UPDATE] == tries
 
 
 def failing_for(user_id: str, status: int = 500) -> Callable[[httpx.Request, int],
@@ -200,7 +201,7 @@ def test_a_user_that_always_gets_5xx_is_narrowed_down_and_quarantined(status: in
     assert "while the other users of its batch were accepted" in held.reason
     assert len(sandbox.snapshot()["users"]) == users - 1
     # bounded: the batch's own tries, then about two parts per halving, a few tries each
-    assert d.lanes[Endpoint.BLUX_UPDATE].requests <= users // 100 + 1 + FAST.max_attempts + 30
+    assert d.report().requests[Endpoint.BLUX_UPDATE] <= users // 100 + 1 + FAST.max_attempts + 30
 
 
 def test_429_pauses_the_endpoint_and_honours_retry_after() -> None:
@@ -213,7 +214,7 @@ def test_429_pauses_the_endpoint_and_honours_retry_after() -> None:
     outcomes, d = deliver([upsert(i) for i in range(10)], rec)
     assert statuses(outcomes) == {Status.DELIVERED: 10}
     assert len(rec.bodies) == 2
-    assert d.lanes[Endpoint.BLUX_UPDATE].limiter.waited > 0
+    assert d.report().throttled[Endpoint.BLUX_UPDATE] > 0
 
 
 def test_a_poison_user_is_narrowed_down_and_quarantined() -> None:
@@ -233,11 +234,11 @@ def test_wrong_blux_secret_stops_blux_quickly_and_not_nachocode() -> None:
     sandbox = app()
     ops = [upsert(i) for i in range(2000)] + [withdraw(i) for i in range(5)]
     outcomes, d = deliver(ops, mock_transport(sandbox), secret_key="wrong", max_in_flight=3)
-    assert "blux" in d.credentials
+    assert "blux" in d.report().credentials
     blux = [o for o in outcomes if o.op.destination == "blux"]
     assert {o.status for o in blux} == {Status.PENDING}
-    assert d.lanes[Endpoint.BLUX_UPDATE].requests <= 3
-    assert d.lanes[Endpoint.BLUX_DELETE].requests == 0
+    assert d.report().requests[Endpoint.BLUX_UPDATE] <= 3
+    assert Endpoint.BLUX_DELETE not in d.report().requests
     nacho = [o for o in outcomes if o.op.destination == "nachocode"]
     assert {o.status for o in nacho} == {Status.DELIVERED}
 
@@ -246,11 +247,11 @@ def test_nachocode_403_holds_withdrawals_back_without_blocking_blux() -> None:
     sandbox = app(nachocode_disabled=True)
     ops = [withdraw(i) for i in range(20)] + [upsert(i) for i in range(30)]
     outcomes, d = deliver(ops, mock_transport(sandbox))
-    assert Endpoint.NACHOCODE_WITHDRAW in d.held
-    assert "ERR-AB-ACS-21" in d.held[Endpoint.NACHOCODE_WITHDRAW]
+    assert Endpoint.NACHOCODE_WITHDRAW in d.report().held
+    assert "ERR-AB-ACS-21" in d.report().held[Endpoint.NACHOCODE_WITHDRAW]
     assert {o.status for o in outcomes if o.op.destination == "nachocode"} == {Status.PENDING}
     assert {o.status for o in outcomes if o.op.destination == "blux"} == {Status.DELIVERED}
-    assert not d.credentials
+    assert not d.report().credentials
 
 
 def test_nachocode_410_already_withdrawn_counts_as_done() -> None:

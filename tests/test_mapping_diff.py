@@ -87,9 +87,9 @@ def test_operations_for_new_changed_unchanged_and_deleted_users() -> None:
     ops = diff.operations(first, None, m, BOTH)
     assert [o.endpoint for o in ops] == [Endpoint.BLUX_UPDATE]
     assert ops[0].reason == "new"
-    store.write([diff.settle(first, None, [Outcome(ops[0], Status.DELIVERED)], 1, None)],
+    store.ledger.write([diff.settle(first, None, [Outcome(ops[0], Status.DELIVERED)], 1, None)],
                 dt.datetime(2026, 1, 1))
-    state = store.lookup(["1"])["1"]
+    state = store.ledger.lookup(["1"])["1"]
     assert diff.operations(record(m, 1, mkt=1, name="a"), state, m, BOTH) == []
     withdrawal = diff.operations(record(m, 1, mkt=0, name="a"), state, m, BOTH)
     assert withdrawal[0].priority == URGENT
@@ -112,9 +112,9 @@ def test_quarantined_user_waits_for_a_change() -> None:
     store = MemoryStateStore()
     r = record(m, 9, mkt=1, name="x")
     (op,) = diff.operations(r, None, m, BOTH)
-    store.write([diff.settle(r, None, [Outcome(op, Status.QUARANTINED, "400: bad")], 9, None)],
-                dt.datetime(2026, 1, 1))
-    state = store.lookup(["9"])["9"]
+    held = diff.settle(r, None, [Outcome(op, Status.QUARANTINED, "400: bad")], 9, None)
+    store.ledger.write([held], dt.datetime(2026, 1, 1))
+    state = store.ledger.lookup(["9"])["9"]
     assert diff.operations(r, state, m, BOTH) == []
     changed = record(m, 9, mkt=1, name="y")
     assert len(diff.operations(changed, state, m, BOTH)) == 1
@@ -150,9 +150,9 @@ def test_replaying_the_operations_rebuilds_the_source(snapshots: list[dict[int, 
         records = {str(k): (record(m, k, **v) if v is not None
                             else UserRecord(str(k), k, None, deleted=True))
                    for k, v in snapshot.items()}
-        for uid in {r.user_id for r in store.scan(KeyKind.INT)} - set(records):
+        for uid in {r.user_id for r in store.ledger.scan(KeyKind.INT)} - set(records):
             records[uid] = UserRecord(uid, int(uid), None, deleted=True)
-        states = store.lookup(list(records))
+        states = store.ledger.lookup(list(records))
         ever_alive.update(uid for uid, r in records.items() if not r.deleted)
         writes = []
         for uid, r in records.items():
@@ -170,7 +170,7 @@ def test_replaying_the_operations_rebuilds_the_source(snapshots: list[dict[int, 
                     withdrawn.add(uid)
                 outcomes.append(Outcome(op, Status.DELIVERED))
             writes.append(diff.settle(r, states.get(uid), outcomes, int(uid), None))
-        store.write(writes, dt.datetime(2026, 1, 1) + dt.timedelta(minutes=n))
+        store.ledger.write(writes, dt.datetime(2026, 1, 1) + dt.timedelta(minutes=n))
         return records
 
     for n, snapshot in enumerate(snapshots):

@@ -57,7 +57,7 @@ def once(config: Config, app: SandboxApp, **kw: Any) -> PassResult:
 
 
 def requests(result: PassResult) -> dict[str, int]:
-    return {k.split(":", 1)[1]: v for k, v in result.counts.items() if k.startswith("requests:")}
+    return {str(endpoint): n for endpoint, n in result.counts.requests.items()}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -336,9 +336,9 @@ def test_each_pass_keeps_the_pass_history_within_keep_passes(
     store = SqlStateStore.from_url(state)
     try:
         for _ in range(150):   # a busy history
-            store.start_pass("incremental", "snapshot", dt.datetime(2026, 1, 1), "h:1")
+            store.passes.start("incremental", "snapshot", dt.datetime(2026, 1, 1), "h:1")
         last = once(config, sandbox_app)
-        passes = store.recent_passes(1000)
+        passes = store.passes.recent(1000)
     finally:
         store.close()
     assert len(passes) == 100 and passes[0].id == last.pass_id

@@ -125,7 +125,7 @@ def sort_rows(ctx: CaptureContext, rows: Iterable[RawRow], out: Candidates,
                 seen.add(uid)
                 valid.append((row, uid))
         out.scanned += len(chunk)
-        known = ctx.state.peek([uid for _, uid in valid])
+        known = ctx.state.ledger.peek([uid for _, uid in valid])
         for row, uid in valid:
             st = known.get(uid)
             if (st is not None and not st.dirty and row.row_hash is not None
@@ -149,7 +149,7 @@ def sort_keys(ctx: CaptureContext, keys: Sequence[object], out: Candidates,
         sort_rows(ctx, rows, out, seen)
         missing = [(k, uid) for k in part
                    if (uid := normalize.user_id_or_none(k)) is not None and uid not in seen]
-        known = ctx.state.peek([uid for _, uid in missing])
+        known = ctx.state.ledger.peek([uid for _, uid in missing])
         for key, uid in missing:
             seen.add(uid)
             st = known.get(uid)
@@ -165,7 +165,7 @@ PENDING_BATCH = 100_000
 def pending_keys(ctx: CaptureContext, out: Candidates) -> list[object]:
     """Users a previous pass could not finish (their sends are still pending, or an operator
     asked for them again); a full batch means there are more for the next pass."""
-    rows = ctx.state.dirty_users(PENDING_BATCH)
+    rows = ctx.state.ledger.dirty_users(PENDING_BATCH)
     if len(rows) >= PENDING_BATCH:
         out.more = True
     return [ctx.source.typed_key(r.user_id, r.source_key) for r in rows]

@@ -346,7 +346,7 @@ def _forget_position(config: Config) -> None:
 
     store = SqlStateStore.from_url(config.state.url)
     try:
-        store.set_cursor(CURSOR, None, utcnow())
+        store.cursors.set(CURSOR, None, utcnow())
     finally:
         store.close()
 
@@ -381,11 +381,11 @@ class OutboxCapture:
 
     def collect(self, ctx: CaptureContext) -> Candidates:
         n = self.check(ctx)
-        if ctx.state.get_cursor(CURSOR) is None:
+        if ctx.state.cursors.get(CURSOR) is None:
             # Everything before now comes from a snapshot; the outbox already keeps what happens
             # meanwhile, and the next pass handles it.
             out = SnapshotCapture().collect(ctx)
-            out.commit = lambda: ctx.state.set_cursor(CURSOR, "snapshot taken", utcnow())
+            out.commit = lambda: ctx.state.cursors.set(CURSOR, "snapshot taken", utcnow())
             out.position = {"outbox": "first pass: full snapshot"}
             return out
         marked = self._marks_deletions(ctx, n)
@@ -420,7 +420,7 @@ class OutboxCapture:
         return self._marked
 
     def starts_with_snapshot(self, ctx: CaptureContext) -> bool:
-        return ctx.state.get_cursor(CURSOR) is None
+        return ctx.state.cursors.get(CURSOR) is None
 
     def position(self, ctx: CaptureContext) -> dict[str, object]:
         n = self.check(ctx)

@@ -99,7 +99,7 @@ class SnapshotCapture:
         kind = ctx.source.key_kind()
         if kind is KeyKind.INT and self._by_ranges(ctx, out):
             return out
-        merge(ctx.source.hash_scan(), ctx.state.scan(kind), kind, out, ctx,
+        merge(ctx.source.hash_scan(), ctx.state.ledger.scan(kind), kind, out, ctx,
               lambda rows: confirm_missing(ctx, rows, out))
         out.position = {"scanned": out.scanned}
         return out
@@ -109,14 +109,14 @@ class SnapshotCapture:
         """Integer keys on PostgreSQL/MySQL: both databases sum the row hashes per key range
         (about 5000 users each); only the ranges whose sums differ are merged row by row. An
         unchanged table costs two aggregate queries and no row crosses the wire."""
-        if not ctx.source.sums_blocks() or ctx.state.unkeyed_users():
+        if not ctx.source.sums_blocks() or ctx.state.ledger.unkeyed_users():
             return False
-        bounds = ctx.state.boundaries(BLOCK)
+        bounds = ctx.state.ledger.boundaries(BLOCK)
         if not bounds:
             return False
         # Both databases sum at the same time: each waits on its own engine, not on Python.
         with ThreadPoolExecutor(1, thread_name_prefix="syncer-state-sums") as pool:
-            ours_later = pool.submit(ctx.state.block_sums, bounds)
+            ours_later = pool.submit(ctx.state.ledger.block_sums, bounds)
             try:
                 source = ctx.source.block_sums(bounds)
             finally:
@@ -135,7 +135,7 @@ class SnapshotCapture:
             read += 1
             ctx.progress()
             low, high = edges[i], edges[i + 1]
-            merge(ctx.source.hash_scan(low, high), ctx.state.scan_range(low, high),
+            merge(ctx.source.hash_scan(low, high), ctx.state.ledger.scan_range(low, high),
                   KeyKind.INT, out, ctx, lambda rows: confirm_missing(ctx, rows, out))
         out.scanned = sum(n for n, _, _ in source.values())
         out.position = {"scanned": out.scanned, "key_ranges": len(edges) - 1,

@@ -268,12 +268,12 @@ class WatermarkCapture:
         return newest, horizon
 
     def collect(self, ctx: CaptureContext) -> Candidates:
-        stored = ctx.state.get_cursor(CURSOR)
+        stored = ctx.state.cursors.get(CURSOR)
         if stored is None:
             start, _ = self._start(ctx)
             out = SnapshotCapture().collect(ctx)
             value = Cursor(start, time.time(), False).encode()
-            out.commit = lambda: ctx.state.set_cursor(CURSOR, value, utcnow())
+            out.commit = lambda: ctx.state.cursors.set(CURSOR, value, utcnow())
             out.position = {"watermark": "first pass: full snapshot", "starts_at": str(start)}
             return out
         cursor = Cursor.decode(stored)
@@ -305,7 +305,7 @@ class WatermarkCapture:
 
         sort_rows(ctx, tracked(), out, seen)
         value = self.advance(cursor, newest[0], horizon, time.time()).encode()
-        out.commit = lambda: ctx.state.set_cursor(CURSOR, value, utcnow())
+        out.commit = lambda: ctx.state.cursors.set(CURSOR, value, utcnow())
         out.position = self._describe(cursor, low, horizon)
         if ahead[0]:
             out.position["stamped_in_the_future"] = ahead[0]
@@ -356,10 +356,10 @@ class WatermarkCapture:
         return position
 
     def starts_with_snapshot(self, ctx: CaptureContext) -> bool:
-        return ctx.state.get_cursor(CURSOR) is None
+        return ctx.state.cursors.get(CURSOR) is None
 
     def position(self, ctx: CaptureContext) -> dict[str, object]:
-        stored = ctx.state.get_cursor(CURSOR)
+        stored = ctx.state.cursors.get(CURSOR)
         if stored is None:
             return {"watermark": "none yet (the first pass is a full snapshot)"}
         cursor = Cursor.decode(stored)

@@ -1,8 +1,10 @@
-"""The state: per destination and user, what was delivered (a fingerprint) or a tombstone; the users
-seen in the source; quarantined users; field problems; the history of passes; capture cursors.
+"""The state, in the four roles it plays: the :class:`Ledger` (per user and destination, what
+was delivered, or a tombstone; what is owed; quarantines and field problems), the :class:`PassLog`
+(the history of passes), :class:`Requests` (operator requests for the running sender) and
+:class:`Cursors` (capture positions).
 
-Two implementations of one port: :mod:`syncer.state.sql` (SQLite or PostgreSQL, the real one) and
-:mod:`syncer.state.memory` (for tests). The contract tests run against both.
+Two implementations of each: :mod:`syncer.state.sql` (SQLite or PostgreSQL, the real one) and
+:mod:`syncer.state.memory` (for tests and dry runs). The contract tests run against both.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from syncer.model import KeyKind, UserState, UserWrite
+from syncer.results import PassCounts, PassKind, PassOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +35,10 @@ class PassRecord:
     id: int
     started_at: dt.datetime
     finished_at: dt.datetime | None
-    kind: str
+    kind: PassKind
     mode: str
-    outcome: str
-    counts: dict[str, int] = field(default_factory=dict)
+    outcome: PassOutcome
+    counts: PassCounts = field(default_factory=PassCounts)
     message: str | None = None
     instance: str | None = None
 
@@ -69,10 +72,10 @@ class StateCounts:
     tombstones: dict[str, int] = field(default_factory=dict)
 
 
-class StateStore(Protocol):
-    def get_meta(self, name: str) -> str | None: ...
-
-    def set_meta(self, name: str, value: str) -> None: ...
+class Ledger(Protocol):
+    """Per user: what the source gave last (row hash, deleted, seen alive), what each destination
+    acknowledged (a fingerprint, or a tombstone), what is still owed (``dirty``), quarantines and
+    field problems. Written only with what destinations acknowledged."""
 
     def known_users(self) -> int:
         """Users seen in the source and not (fully) deleted."""
@@ -98,12 +101,14 @@ class StateStore(Protocol):
     def unkeyed_users(self) -> int:
         """Known users without an integer key (they need the row-by-row merge)."""
 
-    def lookup(self, user_ids: Sequence[str]) -> dict[str, UserState]: ...
+    def lookup(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        """Everything the diff needs about these users (absent: never seen)."""
 
     def peek(self, user_ids: Sequence[str]) -> dict[str, ScanRow]:
         """The merge view (row hash, gone, dirty) of these users: cheaper than ``lookup``."""
 
-    def dirty_users(self, limit: int) -> list[ScanRow]: ...
+    def dirty_users(self, limit: int) -> list[ScanRow]:
+        """Users with something still owed (pending sends, operator requests), oldest first."""
 
     def forget_row_hashes(self, user_ids: Sequence[str]) -> None:
         """Deleted users whose source row is gone too: nothing of theirs is left to compare."""
@@ -111,34 +116,19 @@ class StateStore(Protocol):
     def pending(self) -> tuple[int, dt.datetime | None]:
         """How many users have sends still pending, and since when the oldest has waited."""
 
-    def request(self, kind: str, user_ids: Sequence[str] | None) -> int:
-        """Leave a request for the running sender ("retry", "resync"; None: every user)."""
+    def write(self, writes: Sequence[UserWrite], now: dt.datetime) -> None:
+        """Record what passes settled for these users, in one transaction.
 
-    def take_requests(self) -> list[tuple[str, str | None]]:
-        """The requests left so far, removed as they are taken."""
+        :raises StateError: the state database failed; nothing of ``writes`` is recorded."""
 
-    def write(self, writes: Sequence[UserWrite], now: dt.datetime) -> None: ...
+    def counts(self) -> StateCounts:
+        """Users by condition, deliveries and tombstones per destination."""
 
-    def get_cursor(self, name: str) -> str | None: ...
+    def quarantined(self, limit: int) -> list[QuarantineRow]:
+        """The newest quarantine entries."""
 
-    def set_cursor(self, name: str, value: str | None, now: dt.datetime) -> None: ...
-
-    def start_pass(self, kind: str, mode: str, now: dt.datetime, instance: str | None) -> int: ...
-
-    def finish_pass(self, pass_id: int, outcome: str, counts: dict[str, int],
-                    message: str | None, now: dt.datetime, kind: str | None = None) -> None: ...
-
-    def recent_passes(self, limit: int) -> list[PassRecord]: ...
-
-    def prune_passes(self, keep: int, batch: int) -> int:
-        """Delete the oldest passes beyond the newest ``keep``, at most ``batch`` of them (a
-        short transaction); returns how many went."""
-
-    def quarantined(self, limit: int) -> list[QuarantineRow]: ...
-
-    def problems(self, limit: int) -> list[ProblemRow]: ...
-
-    def counts(self) -> StateCounts: ...
+    def problems(self, limit: int) -> list[ProblemRow]:
+        """The newest field problems (fields left out)."""
 
     def quarantined_ids(self, user_ids: Sequence[str] | None) -> set[str]:
         """The users in quarantine at any destination (all, or among these)."""
@@ -149,5 +139,66 @@ class StateStore(Protocol):
 
     def forget(self, user_ids: Sequence[str] | None) -> int:
         """Forget what was delivered (all, or these users) so they are sent again."""
+
+
+class PassLog(Protocol):
+    """The history of passes (``syncer status``), kept within ``[state] keep_passes``."""
+
+    def start(self, kind: PassKind, mode: str, now: dt.datetime, instance: str | None) -> int:
+        """Record a pass as running; returns its id."""
+
+    def finish(self, pass_id: int, outcome: PassOutcome, counts: PassCounts,
+               message: str | None, now: dt.datetime, kind: PassKind | None = None) -> None:
+        """Record how the pass ended (``kind`` when it turned out another kind than it
+        started as)."""
+
+    def recent(self, limit: int) -> list[PassRecord]:
+        """The newest passes, newest first."""
+
+    def prune(self, keep: int, batch: int) -> int:
+        """Delete the oldest passes beyond the newest ``keep``, at most ``batch`` of them (a
+        short transaction); returns how many went."""
+
+
+class Requests(Protocol):
+    """What `syncer retry` and `syncer resync` ask of the running sender."""
+
+    def add(self, kind: str, user_ids: Sequence[str] | None) -> int:
+        """Leave a request for the running sender ("retry", "resync"; None: every user);
+        returns how many entries were left."""
+
+    def take(self) -> list[tuple[str, str | None]]:
+        """The requests left so far, removed as they are taken."""
+
+
+class Cursors(Protocol):
+    """Where each capture stands (``watermark``, ``outbox``), and small settings of the state
+    itself (``meta``: the fingerprint key's check value)."""
+
+    def get(self, name: str) -> str | None:
+        """A capture's position, or None before its first pass."""
+
+    def set(self, name: str, value: str | None, now: dt.datetime) -> None:
+        """Move a capture's position (None: forget it; the next pass starts over)."""
+
+    def get_meta(self, name: str) -> str | None: ...
+
+    def set_meta(self, name: str, value: str) -> None: ...
+
+
+class StateStore(Protocol):
+    """The state, in the four roles it plays."""
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    @property
+    def passes(self) -> PassLog: ...
+
+    @property
+    def requests(self) -> Requests: ...
+
+    @property
+    def cursors(self) -> Cursors: ...
 
     def close(self) -> None: ...

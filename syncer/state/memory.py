@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from syncer.clock import utcnow
 from syncer.model import Delivered, KeyKind, Quarantine, UserState, UserWrite
+from syncer.results import PassCounts, PassKind, PassOutcome
 from syncer.state import PassRecord, ProblemRow, QuarantineRow, ScanRow, StateCounts
 
 
@@ -30,23 +31,11 @@ class _User:
     problems: dict[str, ProblemRow] = field(default_factory=dict)
 
 
-class MemoryStateStore:
+class MemoryLedger:
+    """:class:`syncer.state.Ledger` in memory."""
+
     def __init__(self) -> None:
-        self.meta: dict[str, str] = {}
         self.users: dict[str, _User] = {}
-        self.cursors: dict[str, str] = {}
-        self.passes: list[PassRecord] = []   # oldest first
-        self._last_pass_id = 0
-        self.requests: list[tuple[str, str | None]] = []
-
-    def get_meta(self, name: str) -> str | None:
-        return self.meta.get(name)
-
-    def set_meta(self, name: str, value: str) -> None:
-        self.meta[name] = value
-
-    def close(self) -> None:
-        pass
 
     def known_users(self) -> int:
         return sum(1 for u in self.users.values() if not u.gone)
@@ -119,15 +108,6 @@ class MemoryStateStore:
         times = [u.dirty_since or u.updated_at for u in self.users.values() if u.dirty]
         return len(times), min(times, default=None)
 
-    def request(self, kind: str, user_ids: Sequence[str] | None) -> int:
-        ids: list[str | None] = list(user_ids) if user_ids is not None else [None]
-        self.requests += [(kind, uid) for uid in ids]
-        return len(ids)
-
-    def take_requests(self) -> list[tuple[str, str | None]]:
-        taken, self.requests = self.requests, []
-        return taken
-
     def forget_row_hashes(self, user_ids: Sequence[str]) -> None:
         for uid in user_ids:
             u = self.users.get(uid)
@@ -172,38 +152,6 @@ class MemoryStateStore:
                     or ProblemRow(w.user_id, p.field, p.reason, now)
                     for p in w.problems
                 }
-
-    def get_cursor(self, name: str) -> str | None:
-        return self.cursors.get(name)
-
-    def set_cursor(self, name: str, value: str | None, now: dt.datetime) -> None:
-        if value is None:
-            self.cursors.pop(name, None)
-        else:
-            self.cursors[name] = value
-
-    def start_pass(self, kind: str, mode: str, now: dt.datetime, instance: str | None) -> int:
-        self._last_pass_id += 1
-        record = PassRecord(self._last_pass_id, now, None, kind, mode, "running", {}, None,
-                            instance)
-        self.passes.append(record)
-        return record.id
-
-    def finish_pass(self, pass_id: int, outcome: str, counts: dict[str, int],
-                    message: str | None, now: dt.datetime, kind: str | None = None) -> None:
-        for i, old in enumerate(self.passes):
-            if old.id == pass_id:
-                self.passes[i] = replace(old, finished_at=now, outcome=outcome,
-                                         counts=dict(counts), message=message,
-                                         kind=kind or old.kind)
-
-    def recent_passes(self, limit: int) -> list[PassRecord]:
-        return list(reversed(self.passes))[:limit]
-
-    def prune_passes(self, keep: int, batch: int) -> int:
-        gone = min(batch, max(0, len(self.passes) - keep))
-        del self.passes[:gone]
-        return gone
 
     def quarantined(self, limit: int) -> list[QuarantineRow]:
         rows = [q for u in self.users.values() for q in u.quarantine.values()]
@@ -259,3 +207,86 @@ class MemoryStateStore:
                 u.dirty = True
                 u.dirty_since = u.dirty_since or utcnow()
         return count
+
+
+class MemoryCursors:
+    """:class:`syncer.state.Cursors` in memory."""
+
+    def __init__(self) -> None:
+        self.positions: dict[str, str] = {}
+        self.meta: dict[str, str] = {}
+
+    def get(self, name: str) -> str | None:
+        return self.positions.get(name)
+
+    def set(self, name: str, value: str | None, now: dt.datetime) -> None:
+        if value is None:
+            self.positions.pop(name, None)
+        else:
+            self.positions[name] = value
+
+    def get_meta(self, name: str) -> str | None:
+        return self.meta.get(name)
+
+    def set_meta(self, name: str, value: str) -> None:
+        self.meta[name] = value
+
+
+class MemoryPassLog:
+    """:class:`syncer.state.PassLog` in memory."""
+
+    def __init__(self) -> None:
+        self.passes: list[PassRecord] = []   # oldest first
+        self._last_pass_id = 0
+
+    def start(self, kind: PassKind, mode: str, now: dt.datetime, instance: str | None) -> int:
+        self._last_pass_id += 1
+        record = PassRecord(self._last_pass_id, now, None, kind, mode, PassOutcome.RUNNING,
+                            PassCounts(), None, instance)
+        self.passes.append(record)
+        return record.id
+
+    def finish(self, pass_id: int, outcome: PassOutcome, counts: PassCounts,
+               message: str | None, now: dt.datetime, kind: PassKind | None = None) -> None:
+        for i, old in enumerate(self.passes):
+            if old.id == pass_id:
+                kept = PassCounts.from_json(counts.to_json())   # a copy, as the SQL store keeps
+                self.passes[i] = replace(old, finished_at=now, outcome=outcome, counts=kept,
+                                         message=message, kind=kind or old.kind)
+
+    def recent(self, limit: int) -> list[PassRecord]:
+        return list(reversed(self.passes))[:limit]
+
+    def prune(self, keep: int, batch: int) -> int:
+        gone = min(batch, max(0, len(self.passes) - keep))
+        del self.passes[:gone]
+        return gone
+
+
+class MemoryRequests:
+    """:class:`syncer.state.Requests` in memory."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str | None]] = []
+
+    def add(self, kind: str, user_ids: Sequence[str] | None) -> int:
+        ids: list[str | None] = list(user_ids) if user_ids is not None else [None]
+        self.entries += [(kind, uid) for uid in ids]
+        return len(ids)
+
+    def take(self) -> list[tuple[str, str | None]]:
+        taken, self.entries = self.entries, []
+        return taken
+
+
+class MemoryStateStore:
+    """:class:`syncer.state.StateStore` in memory: the same contract as the SQL store."""
+
+    def __init__(self) -> None:
+        self.ledger = MemoryLedger()
+        self.passes = MemoryPassLog()
+        self.requests = MemoryRequests()
+        self.cursors = MemoryCursors()
+
+    def close(self) -> None:
+        pass

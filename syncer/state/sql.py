@@ -1,10 +1,12 @@
-"""The state in SQLite (the default) or PostgreSQL, through SQLAlchemy Core."""
+"""The state in SQLite (the default) or PostgreSQL, through SQLAlchemy Core: the store, its
+schema's migrations, and its smaller roles (cursors, the pass log, operator requests); the ledger
+is in :mod:`syncer.state.sql_ledger`."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +14,9 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
-    and_,
-    case,
     delete,
-    func,
     inspect,
     select,
-    text,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -29,29 +26,12 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from syncer.clock import utcnow
 from syncer.databases import create_state_engine, sqlite_path
 from syncer.errors import ConfigError, StateError
-from syncer.model import (
-    BLUX,
-    NACHOCODE,
-    Delivered,
-    KeyKind,
-    Quarantine,
-    UserState,
-    UserWrite,
-)
+from syncer.results import PassCounts, PassKind, PassOutcome
 from syncer.secret import redact_url
 from syncer.state import (
     PassRecord,
-    ProblemRow,
-    QuarantineRow,
-    ScanRow,
-    StateCounts,
 )
 from syncer.state import schema as t
-
-_IN_CHUNK = 500
-# Every destination there is: lookups by user name them, so that the primary keys
-# (destination, user_id) serve them as index searches instead of scans.
-DESTINATIONS = (BLUX, NACHOCODE)
 
 
 def migrations_dir() -> Path:
@@ -89,7 +69,7 @@ def state_exists(url: str) -> bool:
         with engine.connect() as conn:
             return inspect(conn).has_table(t.passes.name)
     except SQLAlchemyError as exc:
-        raise StateError(f"state database: {_brief(exc)}") from exc
+        raise StateError(f"state database: {brief(exc)}") from exc
     finally:
         engine.dispose()
 
@@ -106,43 +86,28 @@ def migrate(engine: Engine) -> None:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
-        raise StateError(f"state migration failed: {_brief(exc)}") from exc
+        raise StateError(f"state migration failed: {brief(exc)}") from exc
 
 
-def _brief(exc: SQLAlchemyError) -> str:
+def brief(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
     return str(orig or exc).strip().splitlines()[0]
 
 
-def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+class SqlPart:
+    """What every role of the SQL store shares: the engine, one transaction per call with
+    database errors translated, and the dialect's upsert."""
 
-
-class SqlStateStore:
-    """:class:`syncer.state.StateStore` on SQLAlchemy."""
-
-    def __init__(self, engine: Engine, *, run_migrations: bool = True) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
-        if run_migrations:
-            migrate(engine)
-
-    @classmethod
-    def from_url(cls, url: str, *, run_migrations: bool = True) -> SqlStateStore:
-        return cls(create_state_engine(url), run_migrations=run_migrations)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    # -- helpers
 
     def _run(self, what: str, fn: Any, *args: Any) -> Any:
         try:
             with self.engine.begin() as conn:
                 return fn(conn, *args)
         except SQLAlchemyError as exc:
-            raise StateError(f"state database ({what}): {_brief(exc)}") from exc
+            raise StateError(f"state database ({what}): {brief(exc)}") from exc
         except (OverflowError, ValueError) as exc:  # a value the database cannot hold
             raise StateError(f"state database ({what}): {type(exc).__name__}: "
                              f"{str(exc)[:120]}") from exc
@@ -163,7 +128,9 @@ class SqlStateStore:
     def _binary(self, column: Any) -> Any:
         return column.collate("C") if self._dialect == "postgresql" else column
 
-    # -- meta
+
+class SqlCursors(SqlPart):
+    """:class:`syncer.state.Cursors` on SQLAlchemy."""
 
     def get_meta(self, name: str) -> str | None:
         value = self._run("meta", lambda c: c.execute(
@@ -174,248 +141,12 @@ class SqlStateStore:
         self._run("meta", lambda c: self._upsert(c, t.meta, [{"key": name, "value": value}],
                                                  ["key"]))
 
-    # -- users
-
-    def known_users(self) -> int:
-        return int(self._run("count", lambda c: c.execute(
-            select(func.count()).select_from(t.users).where(~t.users.c.gone)).scalar_one()))
-
-    def has_users(self) -> bool:
-        return bool(self._run("count", lambda c: c.execute(
-            select(t.users.c.user_id).limit(1)).first() is not None))
-
-    def scan(self, kind: KeyKind) -> Iterator[ScanRow]:
-        u = t.users.c
-        cols = [u.user_id, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key]
-        if kind is KeyKind.INT:
-            queries = [select(*cols).where(u.key_int.is_not(None)).order_by(u.key_int),
-                       select(*cols).where(u.key_int.is_(None)).order_by(self._binary(u.user_id))]
-        else:
-            queries = [select(*cols).order_by(self._binary(u.user_id))]
-        try:
-            with self.engine.connect() as conn:
-                for query in queries:
-                    result = conn.execution_options(stream_results=True, yield_per=10_000) \
-                        .execute(query)
-                    for row in result:
-                        yield ScanRow(row[0], row[1], row[2], bool(row[3]), bool(row[4]), row[5])
-        except SQLAlchemyError as exc:
-            raise StateError(f"state database (scan): {_brief(exc)}") from exc
-
-    def scan_range(self, low: int | None, high: int | None) -> Iterator[ScanRow]:
-        u = t.users.c
-        query = select(u.user_id, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key) \
-            .where(u.key_int.is_not(None)).order_by(u.key_int)
-        if low is not None:
-            query = query.where(u.key_int >= low)
-        if high is not None:
-            query = query.where(u.key_int < high)
-        rows = self._run("scan", lambda c: c.execute(query).all())
-        return iter([ScanRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5]) for r in rows])
-
-    def boundaries(self, every: int) -> list[int]:
-        sql = text("SELECT key_int FROM (SELECT key_int, row_number() OVER (ORDER BY key_int) "
-                   "AS rn FROM syncer_users WHERE key_int IS NOT NULL) AS numbered "
-                   "WHERE rn % :every = 1 ORDER BY key_int")
-        return [int(r[0]) for r in self._run("boundaries", lambda c: c.execute(
-            sql, {"every": every}).all())]
-
-    def block_sums(self, bounds: Sequence[int]) -> dict[int, tuple[int, int, int, int]]:
-        settled = "(row_hash IS NOT NULL AND NOT dirty)"
-        head = ("SELECT "
-                f"SUM(CASE WHEN {settled} THEN 1 ELSE 0 END), "
-                f"SUM(CASE WHEN {settled} THEN row_hash & 4294967295 ELSE 0 END), "
-                f"SUM(CASE WHEN {settled} THEN (row_hash >> 32) & 4294967295 ELSE 0 END), "
-                "SUM(CASE WHEN dirty OR (row_hash IS NULL AND NOT gone) THEN 1 ELSE 0 END) "
-                "FROM syncer_users WHERE key_int IS NOT NULL")
-        edges: list[int | None] = [None, *bounds, None]
-
-        def get(conn: Connection) -> dict[int, tuple[int, int, int, int]]:
-            out: dict[int, tuple[int, int, int, int]] = {}
-            for i in range(len(edges) - 1):
-                low, high = edges[i], edges[i + 1]
-                where = ((f" AND key_int >= {int(low)}" if low is not None else "")
-                         + (f" AND key_int < {int(high)}" if high is not None else ""))
-                n, lo, hi, look = conn.execute(text(head + where)).one()
-                if n or look:
-                    out[i] = (int(n or 0), int(lo or 0), int(hi or 0), int(look or 0))
-            return out
-
-        return dict(self._run("blocks", get))
-
-    def unkeyed_users(self) -> int:
-        u = t.users.c
-        return int(self._run("count", lambda c: c.execute(
-            select(func.count()).select_from(t.users)
-            .where(u.key_int.is_(None), ~u.gone)).scalar_one()))
-
-    def lookup(self, user_ids: Sequence[str]) -> dict[str, UserState]:
-        def get(conn: Connection) -> dict[str, UserState]:
-            base: dict[str, dict[str, Any]] = {}
-            for part in _chunks(list(user_ids)):
-                for row in conn.execute(select(t.users).where(t.users.c.user_id.in_(part))):
-                    base[row.user_id] = {"row_hash": row.row_hash, "gone": bool(row.gone),
-                                         "dirty": bool(row.dirty), "deliveries": {},
-                                         "quarantine": {}, "seen_alive": bool(row.seen_alive),
-                                         "identity": row.identity}
-                for d in conn.execute(select(t.deliveries).where(
-                        t.deliveries.c.destination.in_(DESTINATIONS),
-                        t.deliveries.c.user_id.in_(part))):
-                    entry = base.setdefault(d.user_id, _blank())
-                    entry["deliveries"][d.destination] = Delivered(
-                        d.fingerprint, d.field_tags, bool(d.deleted))
-                for q in conn.execute(select(t.quarantine).where(
-                        t.quarantine.c.destination.in_(DESTINATIONS),
-                        t.quarantine.c.user_id.in_(part))):
-                    entry = base.setdefault(q.user_id, _blank())
-                    entry["quarantine"][q.destination] = Quarantine(
-                        q.destination, q.fingerprint, q.reason, bool(q.transient),
-                        q.last_attempt)
-            return {uid: UserState(uid, **fields) for uid, fields in base.items()}
-
-        return dict(self._run("lookup", get))
-
-    def peek(self, user_ids: Sequence[str]) -> dict[str, ScanRow]:
-        u = t.users.c
-        cols = (u.user_id, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key)
-
-        def get(conn: Connection) -> dict[str, ScanRow]:
-            out: dict[str, ScanRow] = {}
-            for part in _chunks(list(user_ids)):
-                for r in conn.execute(select(*cols).where(u.user_id.in_(part))):
-                    out[r[0]] = ScanRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5])
-            return out
-
-        return dict(self._run("peek", get))
-
-    def pending(self) -> tuple[int, dt.datetime | None]:
-        u = t.users.c
-        count, oldest = self._run("pending", lambda c: c.execute(
-            select(func.count(), func.min(u.dirty_since)).where(u.dirty)).one())
-        return int(count), oldest
-
-    def request(self, kind: str, user_ids: Sequence[str] | None) -> int:
-        rows = [{"kind": kind, "user_id": uid, "created_at": utcnow()}
-                for uid in (user_ids if user_ids is not None else [None])]
-        self._run("request", lambda c: c.execute(t.requests.insert(), rows))
-        return len(rows)
-
-    def take_requests(self) -> list[tuple[str, str | None]]:
-        def take(conn: Connection) -> list[tuple[str, str | None]]:
-            r = t.requests.c
-            rows = conn.execute(select(r.id, r.kind, r.user_id).order_by(r.id)).all()
-            if rows:
-                conn.execute(delete(t.requests).where(r.id <= rows[-1][0]))
-            return [(row[1], row[2]) for row in rows]
-
-        return list(self._run("requests", take))
-
-    def forget_row_hashes(self, user_ids: Sequence[str]) -> None:
-        def go(conn: Connection) -> None:
-            for part in _chunks(list(user_ids)):
-                conn.execute(update(t.users).where(t.users.c.user_id.in_(part), t.users.c.gone)
-                             .values(row_hash=None))
-
-        if user_ids:
-            self._run("forget", go)
-
-    def dirty_users(self, limit: int) -> list[ScanRow]:
-        u = t.users.c
-        query = select(u.user_id, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key) \
-            .where(u.dirty).order_by(u.updated_at).limit(limit)
-        return list(self._run("dirty", lambda c: [
-            ScanRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5]) for r in c.execute(query)]))
-
-    def write(self, writes: Sequence[UserWrite], now: dt.datetime) -> None:
-        if writes:
-            self._run("write", self._write, writes, now)
-
-    def _write(self, conn: Connection, writes: Sequence[UserWrite], now: dt.datetime) -> None:
-        user_rows = [{
-            "user_id": w.user_id, "key_int": w.key_int, "source_key": w.source_key,
-            "row_hash": w.row_hash, "gone": w.gone, "dirty": w.dirty,
-            "first_seen": now, "updated_at": now, "dirty_since": now if w.dirty else None,
-            "seen_alive": w.seen_alive, "identity": w.identity,
-        } for w in writes]
-        ins: Any = (postgresql.insert(t.users) if self._dialect == "postgresql"
-                    else sqlite.insert(t.users))
-        columns: dict[str, Any] = {c: ins.excluded[c] for c in
-                                   ("key_int", "source_key", "row_hash", "gone", "dirty",
-                                    "updated_at", "seen_alive", "identity")}
-        # still waiting: since when it first waited, not since the last attempt
-        columns["dirty_since"] = case(
-            (ins.excluded.dirty, func.coalesce(t.users.c.dirty_since, ins.excluded.dirty_since)),
-            else_=None)
-        self._upsert(conn, t.users, user_rows, ["user_id"], columns)
-
-        delivered: list[dict[str, Any]] = []
-        forgotten: list[tuple[str, str]] = []
-        q_set: list[dict[str, Any]] = []
-        q_clear: list[tuple[str, str]] = []
-        for w in writes:
-            for dest, d in w.deliveries.items():
-                if d is None:
-                    forgotten.append((dest, w.user_id))
-                else:
-                    delivered.append({"destination": dest, "user_id": w.user_id,
-                                      "fingerprint": d.fingerprint, "field_tags": d.field_tags,
-                                      "deleted": d.deleted, "delivered_at": now})
-            q_set += [{"destination": q.destination, "user_id": w.user_id,
-                       "fingerprint": q.fingerprint, "reason": q.reason, "since": now,
-                       "last_attempt": now, "attempts": 1, "transient": q.transient}
-                      for q in w.quarantine_set]
-            q_clear += [(dest, w.user_id) for dest in w.quarantine_clear]
-        self._upsert(conn, t.deliveries, delivered, ["destination", "user_id"])
-        self._delete_pairs(conn, t.deliveries, forgotten)
-        qins: Any = (postgresql.insert(t.quarantine) if self._dialect == "postgresql"
-                     else sqlite.insert(t.quarantine))
-        q = t.quarantine.c
-        self._upsert(conn, t.quarantine, q_set, ["destination", "user_id"], {
-            "since": case((q.fingerprint == qins.excluded.fingerprint, q.since),
-                          else_=qins.excluded.since),
-            "fingerprint": qins.excluded.fingerprint,
-            "reason": qins.excluded.reason,
-            "transient": qins.excluded.transient,
-            "last_attempt": qins.excluded.last_attempt,
-            "attempts": q.attempts + 1,
-        })
-        self._delete_pairs(conn, t.quarantine, q_clear)
-        self._write_problems(conn, [w for w in writes if w.problems is not None], now)
-
-    def _delete_pairs(self, conn: Connection, table: Table, pairs: list[tuple[str, str]]) -> None:
-        for part in _chunks(pairs):
-            conn.execute(delete(table).where(
-                tuple_(table.c.destination, table.c.user_id).in_(list(part))))
-
-    def _write_problems(self, conn: Connection, writes: list[UserWrite], now: dt.datetime) -> None:
-        if not writes:
-            return
-        ids = [w.user_id for w in writes]
-        existing: set[tuple[str, str]] = set()
-        for part in _chunks(ids):
-            existing.update((r[0], r[1]) for r in conn.execute(
-                select(t.problems.c.user_id, t.problems.c.field)
-                .where(t.problems.c.user_id.in_(part))))
-        wanted = {(w.user_id, p.field): p.reason for w in writes for p in (w.problems or ())}
-        stale = [pair for pair in existing if pair not in wanted]
-        for part in _chunks(stale):
-            conn.execute(delete(t.problems).where(
-                tuple_(t.problems.c.user_id, t.problems.c.field).in_(list(part))))
-        pins: Any = (postgresql.insert(t.problems) if self._dialect == "postgresql"
-                     else sqlite.insert(t.problems))
-        self._upsert(conn, t.problems, [
-            {"user_id": uid, "field": f, "reason": reason, "since": now}
-            for (uid, f), reason in wanted.items()
-        ], ["user_id", "field"], {"reason": pins.excluded.reason})
-
-    # -- cursors
-
-    def get_cursor(self, name: str) -> str | None:
+    def get(self, name: str) -> str | None:
         value = self._run("cursor", lambda c: c.execute(
             select(t.cursors.c.value).where(t.cursors.c.name == name)).scalar())
         return None if value is None else str(value)
 
-    def set_cursor(self, name: str, value: str | None, now: dt.datetime) -> None:
+    def set(self, name: str, value: str | None, now: dt.datetime) -> None:
         def put(conn: Connection) -> None:
             if value is None:
                 conn.execute(delete(t.cursors).where(t.cursors.c.name == name))
@@ -425,30 +156,35 @@ class SqlStateStore:
 
         self._run("cursor", put)
 
-    # -- passes
 
-    def start_pass(self, kind: str, mode: str, now: dt.datetime, instance: str | None) -> int:
+class SqlPassLog(SqlPart):
+    """:class:`syncer.state.PassLog` on SQLAlchemy."""
+
+    def start(self, kind: PassKind, mode: str, now: dt.datetime, instance: str | None) -> int:
         return int(self._run("pass", lambda c: c.execute(t.passes.insert().values(
-            started_at=now, kind=kind, mode=mode, outcome="running", counts="{}",
-            instance=instance)).inserted_primary_key[0]))
+            started_at=now, kind=str(kind), mode=mode, outcome=str(PassOutcome.RUNNING),
+            counts="{}", instance=instance)).inserted_primary_key[0]))
 
-    def finish_pass(self, pass_id: int, outcome: str, counts: dict[str, int],
-                    message: str | None, now: dt.datetime, kind: str | None = None) -> None:
-        values: dict[str, Any] = {"finished_at": now, "outcome": outcome, "message": message,
-                                  "counts": json.dumps(counts, sort_keys=True)}
+    def finish(self, pass_id: int, outcome: PassOutcome, counts: PassCounts,
+               message: str | None, now: dt.datetime, kind: PassKind | None = None) -> None:
+        values: dict[str, Any] = {"finished_at": now, "outcome": str(outcome),
+                                  "message": message,
+                                  "counts": json.dumps(counts.to_json(), sort_keys=True)}
         if kind is not None:
-            values["kind"] = kind
+            values["kind"] = str(kind)
         self._run("pass", lambda c: c.execute(update(t.passes).where(t.passes.c.id == pass_id)
                                              .values(**values)))
 
-    def recent_passes(self, limit: int) -> list[PassRecord]:
+    def recent(self, limit: int) -> list[PassRecord]:
         p = t.passes.c
         rows = self._run("passes", lambda c: c.execute(
             select(t.passes).order_by(p.id.desc()).limit(limit)).all())
-        return [PassRecord(r.id, r.started_at, r.finished_at, r.kind, r.mode, r.outcome,
-                           json.loads(r.counts or "{}"), r.message, r.instance) for r in rows]
+        return [PassRecord(r.id, r.started_at, r.finished_at, PassKind(r.kind), r.mode,
+                           PassOutcome(r.outcome), PassCounts.from_json(json.loads(r.counts
+                                                                                or "{}")),
+                           r.message, r.instance) for r in rows]
 
-    def prune_passes(self, keep: int, batch: int) -> int:
+    def prune(self, keep: int, batch: int) -> int:
         def go(conn: Connection) -> int:
             p = t.passes.c
             edge = conn.execute(select(p.id).order_by(p.id.desc()).offset(keep).limit(1)).scalar()
@@ -462,100 +198,45 @@ class SqlStateStore:
 
         return int(self._run("prune", go))
 
-    def quarantined(self, limit: int) -> list[QuarantineRow]:
-        q = t.quarantine.c
-        rows = self._run("quarantine", lambda c: c.execute(
-            select(t.quarantine).order_by(q.since.desc(), q.user_id).limit(limit)).all())
-        return [QuarantineRow(r.destination, r.user_id, r.reason, r.since, r.last_attempt,
-                              r.attempts) for r in rows]
 
-    def problems(self, limit: int) -> list[ProblemRow]:
-        p = t.problems.c
-        rows = self._run("problems", lambda c: c.execute(
-            select(t.problems).order_by(p.since.desc(), p.user_id, p.field).limit(limit)).all())
-        return [ProblemRow(r.user_id, r.field, r.reason, r.since) for r in rows]
+class SqlRequests(SqlPart):
+    """:class:`syncer.state.Requests` on SQLAlchemy."""
 
-    def counts(self) -> StateCounts:
-        def get(conn: Connection) -> StateCounts:
-            u = t.users.c
-            known, gone, dirty = conn.execute(select(
-                func.count(), func.coalesce(func.sum(case((u.gone, 1), else_=0)), 0),
-                func.coalesce(func.sum(case((u.dirty, 1), else_=0)), 0))).one()
-            q = t.quarantine.c
-            quarantined: dict[str, int] = dict(conn.execute(
-                select(q.destination, func.count()).group_by(q.destination)).all())
-            d = t.deliveries.c
-            delivered: dict[str, int] = dict(conn.execute(select(d.destination, func.count())
-                                          .where(~d.deleted).group_by(d.destination)).all())
-            problems = conn.execute(select(func.count(func.distinct(t.problems.c.user_id)))
-                                    ).scalar_one()
-            tombstones: dict[str, int] = dict(conn.execute(
-                select(d.destination, func.count()).where(d.deleted).group_by(d.destination)
-            ).all())
-            return StateCounts(int(known) - int(gone), int(gone), int(dirty),
-                               {k: int(v) for k, v in quarantined.items()},
-                               {k: int(v) for k, v in delivered.items()}, int(problems),
-                               {k: int(v) for k, v in tombstones.items()})
+    def add(self, kind: str, user_ids: Sequence[str] | None) -> int:
+        rows = [{"kind": kind, "user_id": uid, "created_at": utcnow()}
+                for uid in (user_ids if user_ids is not None else [None])]
+        self._run("request", lambda c: c.execute(t.requests.insert(), rows))
+        return len(rows)
 
-        result: StateCounts = self._run("counts", get)
-        return result
+    def take(self) -> list[tuple[str, str | None]]:
+        def take(conn: Connection) -> list[tuple[str, str | None]]:
+            r = t.requests.c
+            rows = conn.execute(select(r.id, r.kind, r.user_id).order_by(r.id)).all()
+            if rows:
+                conn.execute(delete(t.requests).where(r.id <= rows[-1][0]))
+            return [(row[1], row[2]) for row in rows]
 
-    # -- operator actions
-
-    def quarantined_ids(self, user_ids: Sequence[str] | None) -> set[str]:
-        return set(self._run("quarantine", self._quarantined_ids, user_ids))
-
-    @staticmethod
-    def _quarantined_ids(conn: Connection, user_ids: Sequence[str] | None) -> set[str]:
-        q = t.quarantine.c
-        if user_ids is None:
-            return {r[0] for r in conn.execute(select(func.distinct(q.user_id)))}
-        found: set[str] = set()
-        for part in _chunks(list(dict.fromkeys(user_ids))):
-            found.update(r[0] for r in conn.execute(
-                select(func.distinct(q.user_id)).where(q.destination.in_(DESTINATIONS),
-                                                       q.user_id.in_(part))))
-        return found
-
-    def requeue_quarantined(self, user_ids: Sequence[str] | None) -> int:
-        def go(conn: Connection) -> int:
-            ids = sorted(self._quarantined_ids(conn, user_ids))
-            for part in _chunks(ids):
-                conn.execute(delete(t.quarantine).where(
-                    t.quarantine.c.destination.in_(DESTINATIONS),
-                    t.quarantine.c.user_id.in_(part)))
-                conn.execute(update(t.users).where(t.users.c.user_id.in_(part))
-                             .values(dirty=True, row_hash=None, dirty_since=_waiting()))
-            return len(ids)
-
-        return int(self._run("retry", go))
-
-    def forget(self, user_ids: Sequence[str] | None) -> int:
-        def go(conn: Connection) -> int:
-            d = t.deliveries.c
-            alive = and_(~d.deleted)
-            if user_ids is None:
-                n = conn.execute(delete(t.deliveries).where(alive)).rowcount
-                conn.execute(update(t.users).where(~t.users.c.gone)
-                             .values(row_hash=None, dirty=True, dirty_since=_waiting()))
-                return int(n)
-            n = 0
-            for part in _chunks(list(user_ids)):
-                n += conn.execute(delete(t.deliveries).where(
-                    alive, d.destination.in_(DESTINATIONS), d.user_id.in_(part))).rowcount
-                conn.execute(update(t.users).where(t.users.c.user_id.in_(part))
-                             .values(row_hash=None, dirty=True, dirty_since=_waiting()))
-            return int(n)
-
-        return int(self._run("resync", go))
+        return list(self._run("requests", take))
 
 
+class SqlStateStore:
+    """:class:`syncer.state.StateStore` on SQLAlchemy: SQLite or PostgreSQL, its schema migrated
+    (Alembic, ``migrations/``) when it opens."""
 
-def _waiting() -> Any:
-    return func.coalesce(t.users.c.dirty_since, utcnow())
+    def __init__(self, engine: Engine, *, run_migrations: bool = True) -> None:
+        from syncer.state.sql_ledger import SqlLedger
 
+        self.engine = engine
+        if run_migrations:
+            migrate(engine)
+        self.ledger = SqlLedger(engine)
+        self.passes = SqlPassLog(engine)
+        self.requests = SqlRequests(engine)
+        self.cursors = SqlCursors(engine)
 
-def _blank() -> dict[str, Any]:
-    return {"row_hash": None, "gone": False, "dirty": False, "deliveries": {}, "quarantine": {},
-            "seen_alive": False, "identity": None}
+    @classmethod
+    def from_url(cls, url: str, *, run_migrations: bool = True) -> SqlStateStore:
+        return cls(create_state_engine(url), run_migrations=run_migrations)
 
+    def close(self) -> None:
+        self.engine.dispose()

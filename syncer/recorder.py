@@ -1,0 +1,68 @@
+"""Recording what was settled: each user's state row written once the destinations answered for
+all its operations, behind the deliveries (one transaction per burst), so a crash can only re-send
+what was in flight, never drop what was acknowledged a while ago."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from syncer.clock import utcnow
+from syncer.errors import SyncerError
+from syncer.model import UserWrite
+from syncer.runtime import Runtime
+
+log = structlog.get_logger("syncer.recorder")
+
+
+class Recorder:
+    """Write-behind of settled users for one pass. Start it with :meth:`run` as a task, hand it
+    writes with :meth:`add`, and end it with :meth:`close` (never cancel it: a queued write must
+    not be lost); :meth:`flush` writes what is left and raises if the state is still down."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._writes: list[UserWrite] = []
+        self._wake = asyncio.Event()
+        self._running = True
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, write: UserWrite) -> None:
+        self._writes.append(write)
+
+    def nudge(self) -> None:
+        """Writes are waiting: the running loop takes them at its next turn."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="recorder")
+
+    async def _run(self) -> None:
+        """A write that fails keeps its rows for the next attempt (at the latest the final
+        flush, which fails the pass if the state is still down)."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+            except SyncerError as exc:
+                log.warning("state.write_failed", error=str(exc), will_retry=True)
+            if not self._running:
+                return
+
+    async def close(self) -> None:
+        self._running = False
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def flush(self) -> None:
+        if not self._writes:
+            return
+        writes, self._writes = self._writes, []
+        try:
+            await self.rt.in_state(self.rt.state.ledger.write, writes, utcnow())
+        except BaseException:
+            self._writes[:0] = writes   # not written: they go with the next attempt
+            raise
