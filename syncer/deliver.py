@@ -16,13 +16,10 @@ Every operation ends in exactly one :class:`Outcome`, handed to ``on_outcome``.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
@@ -38,7 +35,8 @@ from syncer.errors import (
     RejectedError,
     RetriableError,
 )
-from syncer.model import URGENT, Endpoint, Op, Outcome, Status
+from syncer.lanes import Batch, Lane
+from syncer.model import Endpoint, Op, Outcome, Status
 from syncer.ratelimit import AsyncRateLimiter, Pacer
 from syncer.retry import RetryPolicy
 
@@ -47,13 +45,10 @@ log = structlog.get_logger("syncer.deliver")
 # Single users refused one after another with nothing accepted in between: the endpoint refuses
 # everything (a wrong method or body), not these users; stop quarantining them.
 REJECTIONS_BEFORE_BLOCKING = 10
-# A batch that keeps getting 5xx or timeouts while the endpoint accepts other requests carries a
-# user the API cannot take: it is narrowed down like a 400, with fewer tries per part, and at
-# most this many parts per endpoint and pass (the cost when the API is simply down).
+# Tries of each part of a batch narrowed down for 5xx/timeouts (see lanes.NARROWING_BUDGET).
 NARROWING_ATTEMPTS = 2
 STOPPING = "not sent: the pass is stopping"
 CANCELLED = "not sent: the pass was cancelled"
-NARROWING_BUDGET = 32
 
 
 class Observer(Protocol):
@@ -75,37 +70,6 @@ class NullObserver:
 
     def throttled(self, endpoint: Endpoint, seconds: float) -> None:
         pass
-
-
-@dataclass(slots=True)
-class Batch:
-    ops: list[Op]
-    priority: int
-    attempts: int = 0
-    throttled: int = 0
-    narrowing: bool = False           # a part of a batch that kept failing with 5xx/timeouts
-    failing_since: int | None = None  # the lane's successes when this batch first failed
-
-
-@dataclass(slots=True)
-class _Lane:
-    sender: Sender
-    limiter: AsyncRateLimiter
-    slots: asyncio.Semaphore
-    urgent: deque[Op] = field(default_factory=deque)
-    normal: deque[Op] = field(default_factory=deque)
-    ready: list[tuple[int, int, Batch]] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    blocked: str | None = None
-    requests: int = 0
-    rejected_in_a_row: int = 0
-    successes: int = 0                # requests the endpoint accepted in this pass
-    narrowing_budget: int = NARROWING_BUDGET
-    explored: bool = False            # split a failing batch once without evidence
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return self.sender.endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,13 +109,13 @@ class Deliverer:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self.observer: Observer = observer or NullObserver()
-        self._lanes: dict[Endpoint, _Lane] = {}
+        self._lanes: dict[Endpoint, Lane] = {}
         pacers = pacers if pacers is not None else {}
         for sender in senders:
             pacer = pacers.setdefault(sender.endpoint, Pacer.for_rate(sender.rate))
             limiter = AsyncRateLimiter(pacer, clock, sleep)
-            self._lanes[sender.endpoint] = _Lane(sender, limiter,
-                                                asyncio.Semaphore(sender.max_in_flight))
+            self._lanes[sender.endpoint] = Lane(sender, limiter,
+                                               asyncio.Semaphore(sender.max_in_flight))
         self._credentials: dict[str, str] = {}  # destination -> why its keys were refused
         self._held: dict[Endpoint, str] = {}
         self._pending: dict[Endpoint, str] = {}  # the last reason an operation waits
@@ -163,7 +127,6 @@ class Deliverer:
         self._closing = False
         self._accepting = True
         self._feeding = feeding
-        self._seq = itertools.count()
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting: set[asyncio.Task[None]] = set()
@@ -205,8 +168,7 @@ class Deliverer:
             if lane.blocked is not None:
                 self._resolve([op], Status.PENDING, lane.blocked)
                 continue
-            (lane.urgent if op.priority == URGENT else lane.normal).append(op)
-            lane.wake.set()
+            lane.push(op)
 
     def report(self) -> DeliveryReport:
         return DeliveryReport({ep: lane.requests for ep, lane in self._lanes.items()
@@ -258,34 +220,16 @@ class Deliverer:
             self._outstanding = 0
             self._idle.set()
 
-    def _drop_queue(self, lane: _Lane, reason: str) -> None:
-        ops = [*lane.urgent, *lane.normal, *(op for _, _, b in lane.ready for op in b.ops)]
-        lane.urgent.clear()
-        lane.normal.clear()
-        lane.ready.clear()
+    def _drop_queue(self, lane: Lane, reason: str) -> None:
+        ops = lane.drop()
         if ops:
             self._resolve(ops, Status.PENDING, reason)
 
-    def _block(self, lanes: Iterable[_Lane], reason: str) -> None:
+    def _block(self, lanes: Iterable[Lane], reason: str) -> None:
         for lane in lanes:
             if lane.blocked is None:
                 lane.blocked = reason
             self._drop_queue(lane, reason)
-
-    def _take(self, lane: _Lane) -> Batch | None:
-        """The next batch: a retry or split first (unless urgent work waits), then urgent
-        operations topped up with normal ones. While operations are still being fed, a batch
-        with no urgent operation in it only leaves full, so a pass makes no needless calls."""
-        best_ready = lane.ready[0][0] if lane.ready else None
-        if best_ready is not None and (best_ready <= URGENT or not lane.urgent):
-            return heapq.heappop(lane.ready)[2]
-        size = lane.sender.batch_size
-        if not lane.urgent and (not lane.normal or (self._feeding and len(lane.normal) < size)):
-            return None
-        ops = [lane.urgent.popleft() for _ in range(min(size, len(lane.urgent)))]
-        priority = URGENT if ops else URGENT + 1
-        ops += [lane.normal.popleft() for _ in range(min(size - len(ops), len(lane.normal)))]
-        return Batch(ops, priority)
 
     def feeding_done(self) -> None:
         """No more operations will be submitted: partial batches may leave now."""
@@ -293,9 +237,9 @@ class Deliverer:
         for lane in self._lanes.values():
             lane.wake.set()
 
-    async def _worker(self, lane: _Lane) -> None:
+    async def _worker(self, lane: Lane) -> None:
         while True:
-            batch = self._take(lane)
+            batch = lane.take(self._feeding)
             if batch is None:
                 if self._closing or not self._accepting:
                     return
@@ -329,7 +273,7 @@ class Deliverer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, lane: _Lane, batch: Batch) -> None:
+    async def _send(self, lane: Lane, batch: Batch) -> None:
         endpoint = lane.endpoint
         try:
             request = lane.sender.build(batch.ops)
@@ -360,52 +304,74 @@ class Deliverer:
         finally:
             lane.slots.release()
 
-    def _failed(self, lane: _Lane, batch: Batch, error: DeliveryError) -> None:
-        endpoint = lane.endpoint
+    def _failed(self, lane: Lane, batch: Batch, error: DeliveryError) -> None:
+        """What a failed request means for its batch: by what the caller should do."""
+        match self._escalate(lane, batch, error):
+            case CredentialsRejected() as refused:
+                self._refused_keys(lane, batch, refused)
+            case HeldBack() as held:
+                self._held_back(lane, batch, held)
+            case RejectedError() as rejected:
+                self._rejected(lane, batch, rejected)
+            case RateLimited() as limited:
+                self._throttled(lane, batch, limited)
+            case other:
+                self._retry_or_narrow(lane, batch, other)
+
+    def _escalate(self, lane: Lane, batch: Batch, error: DeliveryError) -> DeliveryError:
+        """Single users refused one after another, with nothing accepted in between: the
+        endpoint refuses everything (a wrong method or body), not these users."""
         if isinstance(error, RejectedError):
             lane.rejected_in_a_row = lane.rejected_in_a_row + 1 if len(batch.ops) == 1 else 0
             if lane.rejected_in_a_row >= REJECTIONS_BEFORE_BLOCKING:
-                error = EndpointRefused(
-                    f"{endpoint} refused {lane.rejected_in_a_row} users in a row, each on its own "
-                    f"({error}); stopped sending there: check the configuration")
-        if isinstance(error, CredentialsRejected):
-            dest = endpoint.destination
-            if dest not in self._credentials:
-                log.error("delivery.credentials_rejected", destination=dest, reason=str(error))
-            self._credentials.setdefault(dest, str(error))
-            self._resolve(batch.ops, Status.PENDING, str(error))
-            self._block([ln for ep, ln in self._lanes.items() if ep.destination == dest],
-                        str(error))
-        elif isinstance(error, HeldBack):
-            if endpoint not in self._held:
-                log.warning("delivery.held_back", endpoint=str(endpoint), reason=str(error))
-            self._held.setdefault(endpoint, str(error))
-            self._resolve(batch.ops, Status.PENDING, str(error))
-            self._block([lane], str(error))
-        elif isinstance(error, RejectedError):
-            if len(batch.ops) == 1:
-                log.warning("delivery.quarantined", endpoint=str(endpoint),
-                            user_id=batch.ops[0].user_id, reason=str(error))
-                self._resolve(batch.ops, Status.QUARANTINED, str(error))
-            else:
-                half = len(batch.ops) // 2
-                self.observer.retry(endpoint, "split")
-                for part in (batch.ops[:half], batch.ops[half:]):
-                    self._ready(lane, Batch(list(part), batch.priority))
-        elif isinstance(error, RateLimited):
-            batch.throttled += 1
-            wait = self.policy.wait_for(error.retry_after, batch.throttled, self._rng)
-            lane.limiter.pause_until(self._clock() + wait)
-            self.observer.retry(endpoint, "429" if "429" in str(error) else "retry-after")
-            if batch.throttled > self.policy.max_attempts * 3:
-                self._resolve(batch.ops, Status.PENDING, str(error))
-            else:
-                log.info("delivery.throttled", endpoint=str(endpoint), wait=round(wait, 3))
-                self._ready(lane, batch)
-        else:
-            self._retry_or_narrow(lane, batch, error)
+                return EndpointRefused(
+                    f"{lane.endpoint} refused {lane.rejected_in_a_row} users in a row, each on "
+                    f"its own ({error}); stopped sending there: check the configuration")
+        return error
 
-    def _retry_or_narrow(self, lane: _Lane, batch: Batch, error: DeliveryError) -> None:
+    def _refused_keys(self, lane: Lane, batch: Batch, error: CredentialsRejected) -> None:
+        """Stop the whole destination: every endpoint of it, whatever is queued."""
+        dest = lane.endpoint.destination
+        if dest not in self._credentials:
+            log.error("delivery.credentials_rejected", destination=dest, reason=str(error))
+        self._credentials.setdefault(dest, str(error))
+        self._resolve(batch.ops, Status.PENDING, str(error))
+        self._block([ln for ep, ln in self._lanes.items() if ep.destination == dest],
+                    str(error))
+
+    def _held_back(self, lane: Lane, batch: Batch, error: HeldBack) -> None:
+        """This endpoint cannot take such requests now: keep everything for it pending."""
+        if lane.endpoint not in self._held:
+            log.warning("delivery.held_back", endpoint=str(lane.endpoint), reason=str(error))
+        self._held.setdefault(lane.endpoint, str(error))
+        self._resolve(batch.ops, Status.PENDING, str(error))
+        self._block([lane], str(error))
+
+    def _rejected(self, lane: Lane, batch: Batch, error: RejectedError) -> None:
+        """A 400 on the content: split until the users that cause it are found alone."""
+        if len(batch.ops) == 1:
+            log.warning("delivery.quarantined", endpoint=str(lane.endpoint),
+                        user_id=batch.ops[0].user_id, reason=str(error))
+            self._resolve(batch.ops, Status.QUARANTINED, str(error))
+            return
+        half = len(batch.ops) // 2
+        self.observer.retry(lane.endpoint, "split")
+        for part in (batch.ops[:half], batch.ops[half:]):
+            self._ready(lane, Batch(list(part), batch.priority))
+
+    def _throttled(self, lane: Lane, batch: Batch, error: RateLimited) -> None:
+        """429 (or a Retry-After): the whole endpoint waits, then the batch goes again."""
+        batch.throttled += 1
+        wait = self.policy.wait_for(error.retry_after, batch.throttled, self._rng)
+        lane.limiter.pause_until(self._clock() + wait)
+        self.observer.retry(lane.endpoint, "429" if "429" in str(error) else "retry-after")
+        if batch.throttled > self.policy.max_attempts * 3:
+            self._resolve(batch.ops, Status.PENDING, str(error))
+        else:
+            log.info("delivery.throttled", endpoint=str(lane.endpoint), wait=round(wait, 3))
+            self._ready(lane, batch)
+
+    def _retry_or_narrow(self, lane: Lane, batch: Batch, error: DeliveryError) -> None:
         """5xx, a timeout, a dropped connection: back off and try again. While the endpoint
         accepts other requests, a batch that keeps failing is narrowed down (split in halves,
         fewer tries each) to the user the API cannot take, which is quarantined (transient:
@@ -454,15 +420,14 @@ class Deliverer:
                     attempts=batch.attempts, reason=str(error))
         self._resolve(batch.ops, Status.PENDING, str(error))
 
-    def _ready(self, lane: _Lane, batch: Batch) -> None:
+    def _ready(self, lane: Lane, batch: Batch) -> None:
         if lane.blocked is not None or not self._accepting:
             self._resolve(batch.ops, Status.PENDING,
                           lane.blocked or STOPPING)
             return
-        heapq.heappush(lane.ready, (batch.priority, next(self._seq), batch))
-        lane.wake.set()
+        lane.requeue(batch)
 
-    async def _later(self, lane: _Lane, batch: Batch, delay: float) -> None:
+    async def _later(self, lane: Lane, batch: Batch, delay: float) -> None:
         try:
             await self._sleep(delay)
         except asyncio.CancelledError:
