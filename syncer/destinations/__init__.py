@@ -12,13 +12,19 @@ import errno
 import json
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 import httpx
 
-from syncer.errors import DeliveryError, EndpointRefused, RateLimited, RetriableError
+from syncer.errors import (
+    DeliveryError,
+    EndpointRefused,
+    RateLimited,
+    RejectedError,
+    RetriableError,
+)
 from syncer.model import Endpoint, Op
 from syncer.retry import parse_retry_after
 from syncer.secret import scrub
@@ -71,6 +77,37 @@ def message_of(body: bytes, limit: int = 200) -> str:
 
 # Answers about the content of a request: split the batch, quarantine the users that cause it.
 CONTENT_ERRORS = frozenset({400, 413, 422})
+
+
+class _Accepted:
+    """A destination's own reading of an answer that is not a 2xx but means done (nachocode's
+    410 "already withdrawn")."""
+
+
+ACCEPTED: Final = _Accepted()
+Reading = DeliveryError | _Accepted | None   # None: nothing special about this answer
+
+
+def classify(answer: Answer, now_epoch: float, who: str, check: str,
+             own: Callable[[Answer], Reading]) -> DeliveryError | None:
+    """What an answer means, the same ladder for every destination: a 2xx is done; then the
+    destination's ``own`` reading (its credentials errors, its 403/404/410); then what every
+    destination treats alike (429, 408, 5xx: try again later); then 400/413/422 (the content:
+    narrow the batch down); anything else refuses every request whatever it holds (a
+    redirect, 405, 415: ``check`` names the config keys to look at)."""
+    if 200 <= answer.status < 300:
+        return None
+    reading = own(answer)
+    if isinstance(reading, _Accepted):
+        return None
+    if reading is not None:
+        return reading
+    found = transient(answer, now_epoch, who)
+    if found is not None:
+        return found
+    if answer.status in CONTENT_ERRORS:
+        return RejectedError(f"{who} answered {answer.status}: {message_of(answer.body)}")
+    return refused(answer, who, check)
 
 
 def refused(answer: Answer, who: str, check: str) -> EndpointRefused:

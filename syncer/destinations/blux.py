@@ -6,16 +6,9 @@ from collections.abc import Sequence
 from typing import Final
 
 from syncer.config import BluxConfig
-from syncer.destinations import (
-    CONTENT_ERRORS,
-    Answer,
-    Request,
-    encode,
-    message_of,
-    refused,
-    transient,
-)
-from syncer.errors import CredentialsRejected, DeliveryError, RejectedError
+from syncer.destinations import Answer, Reading, Request, encode
+from syncer.destinations import classify as classify_answer
+from syncer.errors import CredentialsRejected, DeliveryError
 from syncer.model import Endpoint, Op
 
 WHO: Final = "Blux"
@@ -26,9 +19,7 @@ def _headers(config: BluxConfig) -> dict[str, str]:
     return {"Authorization": config.secret_key.reveal(), "Content-Type": "application/json"}
 
 
-def classify(answer: Answer, now_epoch: float) -> DeliveryError | None:
-    if 200 <= answer.status < 300:
-        return None
+def _own(answer: Answer) -> Reading:
     if answer.status in (401, 403):
         return CredentialsRejected(
             f"Blux refused the secret key ({answer.status}): check [blux] secret_key "
@@ -36,12 +27,11 @@ def classify(answer: Answer, now_epoch: float) -> DeliveryError | None:
     if answer.status == 404:
         return CredentialsRejected(
             "Blux answered 404: check [blux] base_url and application_id")
-    found = transient(answer, now_epoch, WHO)
-    if found is not None:
-        return found
-    if answer.status in CONTENT_ERRORS:
-        return RejectedError(f"Blux answered {answer.status}: {message_of(answer.body)}")
-    return refused(answer, WHO, "[blux] base_url (https, no redirect)")
+    return None
+
+
+def classify(answer: Answer, now_epoch: float) -> DeliveryError | None:
+    return classify_answer(answer, now_epoch, WHO, "[blux] base_url (https, no redirect)", _own)
 
 
 class BluxUpdate:

@@ -8,14 +8,15 @@ from typing import Final
 
 from syncer.config import NachocodeConfig
 from syncer.destinations import (
-    CONTENT_ERRORS,
+    ACCEPTED,
     Answer,
+    Reading,
     Request,
     encode,
     message_of,
     refused,
-    transient,
 )
+from syncer.destinations import classify as classify_answer
 from syncer.errors import CredentialsRejected, DeliveryError, HeldBack, RejectedError
 from syncer.model import Endpoint, Op
 
@@ -39,12 +40,10 @@ def _code(body: bytes) -> str | None:
     return code if isinstance(code, str) and code.strip() else None
 
 
-def classify(answer: Answer, now_epoch: float) -> DeliveryError | None:
+def _own(answer: Answer) -> Reading:
     code = _code(answer.body)
-    if 200 <= answer.status < 300:
-        return None
     if answer.status == 410:  # already withdrawn: what we wanted
-        return None
+        return ACCEPTED
     if code in KEY_ERRORS or answer.status == 401:
         return CredentialsRejected(
             f"nachocode refused the keys ({answer.status} {code or 'no code'}): check "
@@ -61,12 +60,11 @@ def classify(answer: Answer, now_epoch: float) -> DeliveryError | None:
             f"nachocode cannot withdraw users for this app (403 {code or 'no code'}): the app "
             "user API needs a business membership; ask nachocode to enable it. Withdrawals are "
             "kept and sent once it is enabled.")
-    found = transient(answer, now_epoch, WHO)
-    if found is not None:
-        return found
-    if answer.status in CONTENT_ERRORS:
-        return RejectedError(f"nachocode answered {answer.status}: {message_of(answer.body)}")
-    return refused(answer, WHO, "[nachocode] base_url and method")
+    return None
+
+
+def classify(answer: Answer, now_epoch: float) -> DeliveryError | None:
+    return classify_answer(answer, now_epoch, WHO, "[nachocode] base_url and method", _own)
 
 
 class NachocodeWithdraw:
