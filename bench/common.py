@@ -17,7 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from syncer import logs
-from syncer.config import Config, parse
+from syncer.config import Config
+from syncer.configfile import parse
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig
 
 logs.configure(os.environ.get("SYNCER_BENCH_LOG_LEVEL", "warning"))

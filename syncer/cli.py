@@ -21,7 +21,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from syncer import __version__, commands, logs
-from syncer.config import Config, load, resolve_path
+from syncer.config import Config
+from syncer.configfile import load, resolve_path
 from syncer.errors import ConfigError, StateMissing, SyncerError
 from syncer.logs import LEVELS
 from syncer.pipeline import Progress as ProgressFn

@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from syncer import commands
-from syncer.config import Config, parse
+from syncer.config import Config
+from syncer.configfile import parse
 from syncer.report import pass_summary
 from syncer.sandbox import SandboxApp, SandboxConfig, SandboxServer
 

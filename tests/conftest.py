@@ -17,7 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from syncer import logs
-from syncer.config import Config, parse
+from syncer.config import Config
+from syncer.configfile import parse
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, SandboxServer
 
 PG_ADMIN = os.environ.get("SYNCER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from syncer.config import load, parse
+from syncer.configfile import load, parse
 from syncer.errors import ConfigError
 
 MINIMAL = """

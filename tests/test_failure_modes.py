@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from syncer.config import load
+from syncer.configfile import load
 from syncer.errors import SourceError, SyncerError
 from syncer.pipeline import Runtime, run_pass
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, mock_transport
@@ -337,7 +337,7 @@ def test_adding_blux_later_sends_the_existing_users(tmp_path: Path,
     raw.pop("blux")
     raw["nachocode"]["api_key"] = nacho_only.nachocode.api_key.reveal()  # type: ignore[union-attr]
     raw["nachocode"]["secret_key"] = nacho_only.nachocode.secret_key.reveal()  # type: ignore[union-attr]
-    from syncer.config import parse
+    from syncer.configfile import parse
 
     first = once(parse(raw), sandbox_app)
     assert first.outcome == "ok" and requests(first) == {}

@@ -11,7 +11,8 @@ import pytest
 
 from syncer import commands
 from syncer.capture import outbox as ob
-from syncer.config import Config, load
+from syncer.config import Config
+from syncer.configfile import load
 from syncer.daemon import Daemon
 from syncer.errors import ConfigError, StateMissing
 from syncer.sandbox import SandboxApp, SandboxServer, mock_transport
