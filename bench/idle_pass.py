@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from bench.common import config, fast_sandbox, save, seed_users, statement_timer
-from syncer.capture import outbox as ob
+from syncer.capture import outbox_ddl as ob
 from syncer.pipeline import Runtime, run_pass
 from syncer.sandbox import mock_transport
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from bench.common import config, save, seed_users
-from syncer.capture import outbox as ob
+from syncer.capture import outbox_ddl as ob
 from syncer.daemon import Daemon
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, SandboxServer
 

@@ -297,7 +297,7 @@ def outbox() -> None:
 @common(secrets=False)
 def outbox_install(config: Config) -> None:
     """Create the outbox table and the triggers on the users table (harmless to repeat)."""
-    from syncer.capture import outbox as ob
+    from syncer.capture import outbox_ddl as ob
 
     click.echo(ob.install(config))
 
@@ -306,7 +306,7 @@ def outbox_install(config: Config) -> None:
 @common(secrets=False)
 def outbox_uninstall(config: Config) -> None:
     """Remove the outbox table and the triggers."""
-    from syncer.capture import outbox as ob
+    from syncer.capture import outbox_ddl as ob
 
     click.echo(ob.uninstall(config))
 
@@ -316,7 +316,7 @@ def outbox_uninstall(config: Config) -> None:
 @common(secrets=False)
 def outbox_sql(config: Config, uninstall: bool) -> None:
     """Print the SQL for a DBA to run, instead of running it."""
-    from syncer.capture import outbox as ob
+    from syncer.capture import outbox_ddl as ob
 
     click.echo(ob.sql(config, uninstall=uninstall))
 

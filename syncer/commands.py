@@ -60,7 +60,7 @@ def _refuse_if_delivered_elsewhere(config: Config, source: Source | None) -> Non
     outbox that rows were taken from means another state delivered these users: starting over
     here would send every user again. (The first pass after ``outbox install`` is a snapshot
     that takes nothing from the outbox, so a real first run is never refused.)"""
-    from syncer.capture import outbox
+    from syncer.capture import outbox_ddl as outbox
 
     probe = source
     if probe is None:
@@ -68,7 +68,7 @@ def _refuse_if_delivered_elsewhere(config: Config, source: Source | None) -> Non
         if probe is None:
             return   # Runtime reports the source's problems
     try:
-        n = outbox.names(probe, config.capture, outbox._schema(probe, config.source))
+        n = outbox.names(probe, config.capture, outbox.schema_of(probe, config.source))
         taken = outbox.consumed(probe, n)
     finally:
         if source is None:

@@ -28,7 +28,8 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from syncer import lock as sender_lock
-from syncer.capture.outbox import NotifyListener, channel_name
+from syncer.capture.outbox import NotifyListener
+from syncer.capture.outbox_ddl import channel_name
 from syncer.commands import open_runtime
 from syncer.config import Config, parse_listen
 from syncer.databases import STATEMENT_TIMEOUT_SECONDS

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from syncer.capture import outbox as ob
-from syncer.capture.watermark import decode, encode, shift
+from syncer.capture import outbox_ddl as ob
+from syncer.capture.watermark_cursor import decode, encode, shift
 from syncer.config import Config
 from syncer.errors import ConfigError
 from syncer.pipeline import PassResult, Runtime
@@ -332,7 +332,8 @@ def wait_for(condition: Any, timeout: float = 30.0) -> None:
 
 
 def test_cursor_advances_past_a_bulk_update_once_the_lookback_has_passed() -> None:
-    from syncer.capture.watermark import Cursor, Horizon, WatermarkCapture
+    from syncer.capture.watermark import Horizon, WatermarkCapture
+    from syncer.capture.watermark_cursor import Cursor
     from syncer.config import CaptureConfig
 
     cap = WatermarkCapture(CaptureConfig(mode="watermark", watermark_column="updated_at",
@@ -487,7 +488,8 @@ def test_rows_without_a_watermark_are_read_by_incremental_passes(
 
 def test_status_warns_when_the_cursor_stands_ahead_of_the_clock(
         tmp_path: Path, sandbox_app: SandboxApp) -> None:
-    from syncer.capture.watermark import CURSOR, Cursor
+    from syncer.capture.watermark import CURSOR
+    from syncer.capture.watermark_cursor import Cursor
     from syncer.state.sql import SqlStateStore
 
     db = f"sqlite:///{tmp_path / 'app.db'}"

@@ -248,7 +248,7 @@ def test_a_failed_state_write_keeps_its_rows_for_the_next_attempt(
 
 def test_outbox_rows_stay_when_the_state_could_not_record_the_pass(
         tmp_path: Path, sandbox_app: SandboxApp) -> None:
-    from syncer.capture import outbox as ob
+    from syncer.capture import outbox_ddl as ob
     from syncer.state.sql import SqlStateStore
 
     src = sqlite_source(tmp_path, [user_row(i) for i in range(1, 11)])
@@ -314,7 +314,7 @@ def test_a_quarantined_deletion_is_retried_by_the_reconcile(
     src = sqlite_source(tmp_path, [user_row(i) for i in range(1, 21)])
     config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}",
                          capture={"mode": "outbox"})
-    from syncer.capture import outbox as ob
+    from syncer.capture import outbox_ddl as ob
 
     ob.install(config)
     once(config, sandbox_app)

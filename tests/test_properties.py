@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncer import logs
-from syncer.capture import outbox as ob
+from syncer.capture import outbox_ddl as ob
 from syncer.pipeline import Runtime, run_pass
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, mock_transport
 

@@ -131,7 +131,7 @@ def test_a_user_never_seen_alive_is_never_withdrawn(source_url: str, tmp_path: P
     """Outbox mode: a key shows up in the outbox but its row is gone and nothing was ever
     delivered for it (created and deleted between passes, or a view that lost its row for a
     moment): no Blux delete, no nachocode withdrawal; it is reported."""
-    from syncer.capture import outbox as ob
+    from syncer.capture import outbox_ddl as ob
 
     create_users_table(source_url)
     insert_users(source_url, [user_row(i) for i in range(1, 11)])
@@ -299,7 +299,7 @@ def test_outbox_knows_a_key_deleted_and_recreated_between_passes(
     next pass is another person: the previous one is deleted and withdrawn, then the new one
     is sent whole (Blux keeps nothing of the old profile). An outbox installed by an earlier
     version (no `deleted` column) gets it when `outbox install` runs again."""
-    from syncer.capture import outbox as ob
+    from syncer.capture import outbox_ddl as ob
 
     create_users_table(source_url)
     insert_users(source_url, [user_row(i) for i in range(1, 11)])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from syncer import commands
-from syncer.capture import outbox as ob
+from syncer.capture import outbox_ddl as ob
 from syncer.config import Config
 from syncer.configfile import load
 from syncer.daemon import Daemon
