@@ -4,8 +4,9 @@ Used by ``syncer sandbox`` (``serve``), by ``syncer demo`` and the end-to-end te
 (``SandboxServer``), and by unit tests in-process (``mock_transport``).
 """
 
-from syncer.sandbox.app import Faults, SandboxApp, SandboxConfig, SandboxResponse
+from syncer.sandbox.app import SandboxApp, SandboxResponse
 from syncer.sandbox.server import SandboxServer, config_snippet, mock_transport, serve
+from syncer.sandbox.settings import Faults, SandboxConfig
 
 __all__ = [
     "Faults",

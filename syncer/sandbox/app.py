@@ -33,33 +33,31 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Final
 from urllib.parse import unquote
 
-BLUX_UPDATE: Final = "blux.update"
-BLUX_DELETE: Final = "blux.delete"
-NACHOCODE_WITHDRAW: Final = "nachocode.withdraw"
-ENDPOINTS: Final = (BLUX_UPDATE, BLUX_DELETE, NACHOCODE_WITHDRAW)
+from syncer.sandbox.documents import (
+    Invalid,
+    UserUpdate,
+    parse_json,
+    validate_delete,
+    validate_update,
+    validate_withdraw,
+)
+from syncer.sandbox.settings import (
+    BLUX_DELETE,
+    BLUX_UPDATE,
+    DEFAULT_CONFIG,
+    ENDPOINTS,
+    NACHOCODE_WITHDRAW,
+    Faults,
+    SandboxConfig,
+)
 
 BLUX_PREFIX: Final = "/blux"
 NACHOCODE_PREFIX: Final = "/nachocode"
 NACHOCODE_PATH: Final = "/api/app-user/v2"  # as the documents' error envelope reports it
-
-MAX_UPDATE_USERS: Final = 100
-MAX_DELETE_IDS: Final = 3000
-CONSENT_KEYS: Final = frozenset(
-    {
-        "nighttime_notification_consent",
-        "marketing_notification_consent",
-        "marketing_notification_sms_consent",
-        "marketing_notification_email_consent",
-        "marketing_notification_kakao_consent",
-        "marketing_notification_push_consent",
-    }
-)
-USER_PROPERTY_KEYS: Final = frozenset({"phone_number", "email_address"}) | CONSENT_KEYS
-USER_KEYS: Final = frozenset({"user_id", "user_properties", "custom_user_properties"})
 
 # How far back arrival times are kept, beyond one window, so that a request whose arrival time is
 # older than the newest one seen (threads of the HTTP server race to the lock) is still counted
@@ -69,8 +67,6 @@ ARRIVAL_HORIZON_SECONDS: Final = 60.0
 JSON_CONTENT_TYPE: Final = (("Content-Type", "application/json; charset=utf-8"),)
 
 _BLUX_ROUTE = re.compile(r"/v2/applications/([^/]+)/users/(update-properties|delete)/bulk")
-_DIGITS = re.compile(r"[0-9]+")
-
 # nachocode's documented error codes and messages.
 _NACHO_MESSAGES: Final = {
     "ERR-AB-VAL-00": "Incorrect request. Server cannot understand request.",
@@ -84,114 +80,6 @@ _NACHO_MESSAGES: Final = {
     "ERR-SANDBOX-FAULT": "Internal server error.",
 }
 NACHOCODE_SUCCESS_MESSAGE: Final = "User withdrawal process successfully executed."
-
-
-@dataclass(frozen=True, slots=True)
-class SandboxConfig:
-    """The credentials the sandbox accepts and the rate limits it enforces (requests per window)."""
-
-    blux_application_id: str = "sandbox-app"
-    blux_secret_key: str = "sandbox-blux-secret"  # noqa: S105
-    nachocode_api_key: str = "sandbox-nacho-api-key"
-    nachocode_secret_key: str = "sandbox-nacho-secret"  # noqa: S105
-    update_rate: int = 20
-    delete_rate: int = 100
-    withdraw_rate: int = 10
-    window_seconds: float = 1.0
-
-    def rate_for(self, endpoint: str) -> int:
-        return {
-            BLUX_UPDATE: self.update_rate,
-            BLUX_DELETE: self.delete_rate,
-            NACHOCODE_WITHDRAW: self.withdraw_rate,
-        }[endpoint]
-
-
-DEFAULT_CONFIG: Final = SandboxConfig()
-
-
-@dataclass
-class Faults:
-    """Misbehaviour to inject; mutable, and read afresh on every request."""
-
-    error_rate: float = 0.0  # share of requests answered 500 (after auth and validation)
-    hang_rate: float = 0.0  # share of requests whose answer is delayed by hang_seconds
-    hang_seconds: float = 30.0
-    latency_seconds: float = 0.0  # added to every API answer
-    reject_user_ids: frozenset[str] = frozenset()  # a request carrying one of these gets 400
-    nachocode_disabled: bool = False  # every withdraw answers 403 ERR-AB-ACS-21
-    seed: int | None = None  # seed of the random draws (None: unpredictable)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, object]) -> Faults:
-        """Build faults from a JSON object; missing keys take their defaults.
-
-        Raises ValueError naming the offending key.
-        """
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in data if k not in names)
-        if unknown:
-            raise ValueError(f"unknown fault {unknown[0]!r}; known: {', '.join(sorted(names))}")
-        faults = cls()
-        for key in ("error_rate", "hang_rate"):
-            if key in data:
-                value = _number(data[key], key)
-                if not 0.0 <= value <= 1.0:
-                    raise ValueError(f"{key} must be between 0 and 1")
-                setattr(faults, key, value)
-        for key in ("hang_seconds", "latency_seconds"):
-            if key in data:
-                value = _number(data[key], key)
-                if value < 0.0:
-                    raise ValueError(f"{key} must not be negative")
-                setattr(faults, key, value)
-        if "reject_user_ids" in data:
-            ids = data["reject_user_ids"]
-            if not isinstance(ids, list | tuple | set | frozenset):
-                raise ValueError("reject_user_ids must be an array of user ids")
-            normalised: set[str] = set()
-            for item in ids:
-                if isinstance(item, bool) or not isinstance(item, str | int):
-                    raise ValueError("reject_user_ids must hold strings or integers")
-                normalised.add(str(item))
-            faults.reject_user_ids = frozenset(normalised)
-        if "nachocode_disabled" in data:
-            flag = data["nachocode_disabled"]
-            if not isinstance(flag, bool):
-                raise ValueError("nachocode_disabled must be true or false")
-            faults.nachocode_disabled = flag
-        if "seed" in data:
-            seed = data["seed"]
-            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-                raise ValueError("seed must be an integer or null")
-            faults.seed = seed
-        return faults
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "error_rate": self.error_rate,
-            "hang_rate": self.hang_rate,
-            "hang_seconds": self.hang_seconds,
-            "latency_seconds": self.latency_seconds,
-            "reject_user_ids": sorted(self.reject_user_ids),
-            "nachocode_disabled": self.nachocode_disabled,
-            "seed": self.seed,
-        }
-
-    def update_from_json(self, data: Mapping[str, object]) -> None:
-        """Apply a partial update (all or nothing: on ValueError nothing changed)."""
-        merged = Faults.from_json({**self.to_json(), **data})
-        for f in fields(self):
-            setattr(self, f.name, getattr(merged, f.name))
-
-
-def _number(value: object, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{key} must be a number")
-    result = float(value)
-    if not math.isfinite(result):
-        raise ValueError(f"{key} must be finite")
-    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,17 +158,6 @@ class _EndpointStats:
         self.last_at = now if self.last_at is None else max(self.last_at, now)
 
 
-class _Invalid(Exception):
-    """A request body the API would refuse; the message is safe to show and log."""
-
-
-@dataclass(frozen=True, slots=True)
-class _UserUpdate:
-    user_id: str
-    user_properties: dict[str, object]
-    custom_user_properties: dict[str, object]
-
-
 class SandboxApp:
     """Both APIs, in memory. Thread-safe: every call holds one lock."""
 
@@ -292,7 +169,7 @@ class SandboxApp:
         self._lock = threading.Lock()
         self._rng_seed = self.faults.seed
         self._rng = random.Random(self._rng_seed)
-        self._users: dict[str, _UserUpdate] = {}
+        self._users: dict[str, UserUpdate] = {}
         self._applied: Counter[str] = Counter()   # user id -> updates applied
         self._deleted: set[str] = set()
         self._withdrawn: set[str] = set()
@@ -401,11 +278,11 @@ class SandboxApp:
             return SandboxResponse(200, self.faults.to_json())
         if path == "/_sandbox/faults" and method == "POST":
             try:
-                data = _parse_json(body)
+                data = parse_json(body)
                 if not isinstance(data, dict):
-                    raise _Invalid("the body must be a JSON object of faults")
+                    raise Invalid("the body must be a JSON object of faults")
                 self.faults.update_from_json(data)
-            except (_Invalid, ValueError) as exc:
+            except (Invalid, ValueError) as exc:
                 return SandboxResponse(400, {"message": str(exc)}, summary=str(exc))
             return SandboxResponse(200, self.faults.to_json())
         if path == "/_sandbox/reset" and method == "POST":
@@ -445,19 +322,19 @@ class SandboxApp:
                 else "unauthorized: the Authorization header is missing"
             )
             return SandboxResponse(401, {"message": message}, summary=message)
-        updates: list[_UserUpdate] = []
+        updates: list[UserUpdate] = []
         try:
             if _media_type(headers.get("content-type", "")) != "application/json":
-                raise _Invalid("Content-Type must be application/json")
-            document = _parse_json(body)
+                raise Invalid("Content-Type must be application/json")
+            document = parse_json(body)
             if endpoint == BLUX_UPDATE:
-                updates = _validate_update(document)
+                updates = validate_update(document)
                 ids = [u.user_id for u in updates]
                 count = f"users={len(ids)}"
             else:
-                ids = _validate_delete(document)
+                ids = validate_delete(document)
                 count = f"user_ids={len(ids)}"
-        except _Invalid as exc:
+        except Invalid as exc:
             return SandboxResponse(400, {"message": str(exc)}, summary=str(exc))
         if self._rate_limited(endpoint, now):
             message = (
@@ -485,13 +362,13 @@ class SandboxApp:
                 self._deleted.add(uid)
         return SandboxResponse(200, {}, summary=count)
 
-    def _apply_update(self, update: _UserUpdate) -> None:
+    def _apply_update(self, update: UserUpdate) -> None:
         self._deleted.discard(update.user_id)
         current = self._users.get(update.user_id)
         if current is None:
             self._users[update.user_id] = update
             return
-        self._users[update.user_id] = _UserUpdate(
+        self._users[update.user_id] = UserUpdate(
             update.user_id,
             {**current.user_properties, **update.user_properties},
             {**current.custom_user_properties, **update.custom_user_properties},
@@ -512,9 +389,9 @@ class SandboxApp:
             return _nacho_error(401, "ERR-AB-SGK-13", "wrong secret key")
         try:
             if _media_type(headers.get("content-type", "")) != "application/json":
-                raise _Invalid("Content-Type must be application/json")
-            user_id = _validate_withdraw(_parse_json(body))
-        except _Invalid as exc:
+                raise Invalid("Content-Type must be application/json")
+            user_id = validate_withdraw(parse_json(body))
+        except Invalid as exc:
             return _nacho_error(400, "ERR-AB-VAL-00", str(exc))
         if self.faults.nachocode_disabled:
             return _nacho_error(403, "ERR-AB-ACS-21", "user management disabled (sandbox fault)")
@@ -561,158 +438,3 @@ def _media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-# -- JSON and the documented shapes ---------------------------------------------------------------
-
-
-def _reject_constant(name: str) -> object:
-    raise _Invalid(f"the body is not valid JSON ({name} is not a JSON value)")
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _Invalid(f"the body repeats the key {_name(key)} in one object")
-        result[key] = value
-    return result
-
-
-def _parse_json(body: bytes) -> object:
-    if not body:
-        raise _Invalid("the body is empty; a JSON object is required")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _Invalid("the body is not valid UTF-8") from None
-    try:
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
-    except json.JSONDecodeError as exc:
-        message = f"the body is not valid JSON (line {exc.lineno}, column {exc.colno})"
-        raise _Invalid(message) from None
-    except ValueError:  # e.g. an integer longer than Python's digit limit
-        raise _Invalid("the body is not valid JSON (a number is out of range)") from None
-    except RecursionError:
-        raise _Invalid("the body is nested too deeply") from None
-
-
-def _name(key: str) -> str:
-    """A key for a message: quoted and cut short (keys are field names, never values)."""
-    return repr(key if len(key) <= 40 else key[:40] + "...")
-
-
-def _only_keys(obj: dict[str, object], allowed: frozenset[str], where: str) -> None:
-    for key in obj:
-        if key not in allowed:
-            raise _Invalid(f"{where} has the unknown key {_name(key)}")
-
-
-def _validate_update(document: object) -> list[_UserUpdate]:
-    if not isinstance(document, dict):
-        raise _Invalid('the body must be a JSON object {"users": [...]}')
-    _only_keys(document, frozenset({"users"}), "the body")
-    if "users" not in document:
-        raise _Invalid("users is required")
-    users = document["users"]
-    if not isinstance(users, list):
-        raise _Invalid("users must be an array")
-    if not 1 <= len(users) <= MAX_UPDATE_USERS:
-        raise _Invalid(f"users must hold 1 to {MAX_UPDATE_USERS} users, not {len(users)}")
-    seen: dict[str, int] = {}
-    result: list[_UserUpdate] = []
-    for index, user in enumerate(users):
-        where = f"users[{index}]"
-        if not isinstance(user, dict):
-            raise _Invalid(f"{where} must be an object")
-        _only_keys(user, USER_KEYS, where)
-        user_id = _user_id(user, where)
-        if user_id in seen:
-            raise _Invalid(f"{where}.user_id repeats users[{seen[user_id]}].user_id")
-        seen[user_id] = index
-        properties: dict[str, object] = {}
-        if "user_properties" in user:
-            properties = _user_properties(user["user_properties"], f"{where}.user_properties")
-        custom: dict[str, object] = {}
-        if "custom_user_properties" in user:
-            custom = _custom_properties(
-                user["custom_user_properties"], f"{where}.custom_user_properties"
-            )
-        result.append(_UserUpdate(user_id, properties, custom))
-    return result
-
-
-def _user_id(user: dict[str, object], where: str) -> str:
-    if "user_id" not in user:
-        raise _Invalid(f"{where}.user_id is required")
-    user_id = user["user_id"]
-    if not isinstance(user_id, str):
-        raise _Invalid(f"{where}.user_id must be a string")
-    if not user_id:
-        raise _Invalid(f"{where}.user_id must not be empty")
-    return user_id
-
-
-def _user_properties(value: object, where: str) -> dict[str, object]:
-    if not isinstance(value, dict):
-        raise _Invalid(f"{where} must be an object")
-    _only_keys(value, USER_PROPERTY_KEYS, where)
-    for key, item in value.items():
-        if key in CONSENT_KEYS:
-            if not isinstance(item, bool):
-                raise _Invalid(f"{where}.{key} must be true or false")
-        elif not isinstance(item, str):
-            raise _Invalid(f"{where}.{key} must be a string")
-        elif key == "phone_number" and not _DIGITS.fullmatch(item):
-            raise _Invalid(f"{where}.phone_number must be digits only (e.g. 01012345678)")
-        elif key == "email_address":
-            local, at, domain = item.partition("@")
-            if not (at and local and domain) or "@" in domain:
-                raise _Invalid(f"{where}.email_address must be an e-mail address (one '@')")
-    return dict(value)
-
-
-def _custom_properties(value: object, where: str) -> dict[str, object]:
-    if not isinstance(value, dict):
-        raise _Invalid(f"{where} must be an object")
-    for key, item in value.items():
-        if not key:
-            raise _Invalid(f"{where} has an empty key")
-        if isinstance(item, float) and not math.isfinite(item):
-            raise _Invalid(f"{where}[{_name(key)}] must be a finite number")
-        if not isinstance(item, str | int | float | bool):
-            raise _Invalid(f"{where}[{_name(key)}] must be a string, a number or a boolean")
-    return dict(value)
-
-
-def _validate_delete(document: object) -> list[str]:
-    if not isinstance(document, dict):
-        raise _Invalid('the body must be a JSON object {"user_ids": [...]}')
-    _only_keys(document, frozenset({"user_ids"}), "the body")
-    if "user_ids" not in document:
-        raise _Invalid("user_ids is required")
-    ids = document["user_ids"]
-    if not isinstance(ids, list):
-        raise _Invalid("user_ids must be an array")
-    if not 1 <= len(ids) <= MAX_DELETE_IDS:
-        raise _Invalid(f"user_ids must hold 1 to {MAX_DELETE_IDS} ids, not {len(ids)}")
-    result: list[str] = []
-    for index, user_id in enumerate(ids):
-        if not isinstance(user_id, str):
-            raise _Invalid(f"user_ids[{index}] must be a string")
-        if not user_id:
-            raise _Invalid(f"user_ids[{index}] must not be empty")
-        result.append(user_id)
-    return result
-
-
-def _validate_withdraw(document: object) -> str:
-    if not isinstance(document, dict):
-        raise _Invalid("the body must be a JSON object {userId}")
-    _only_keys(document, frozenset({"userId"}), "the body")
-    if "userId" not in document:
-        raise _Invalid("userId is required")
-    user_id = document["userId"]
-    if isinstance(user_id, bool) or not isinstance(user_id, str | int):
-        raise _Invalid("userId must be a string or an integer")
-    if isinstance(user_id, str) and not user_id:
-        raise _Invalid("userId must not be empty")
-    return str(user_id)

@@ -16,14 +16,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from syncer.sandbox.app import (
-    BLUX_PREFIX,
-    NACHOCODE_PREFIX,
-    Faults,
-    SandboxApp,
-    SandboxConfig,
-    SandboxResponse,
-)
+from syncer.sandbox.app import BLUX_PREFIX, NACHOCODE_PREFIX, SandboxApp, SandboxResponse
+from syncer.sandbox.settings import Faults, SandboxConfig
 
 # The in-process transport turns an answer delayed at least this long into httpx.ReadTimeout
 # (and ignores shorter delays: tests never sleep).
