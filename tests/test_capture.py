@@ -18,53 +18,19 @@ from syncer.errors import ConfigError
 from syncer.pipeline import PassResult, Runtime
 from syncer.sandbox import SandboxApp, mock_transport
 
-from .conftest import execute, make_config, pg_url_for
-from .test_pipeline import assert_mirror_matches, once, requests
-
-TS_TYPES = {
-    "postgresql": "timestamptz",
-    "mariadb": "DATETIME(6)",
-    "sqlite": "TEXT",
-}
-
-
-def kind_of(url: str) -> str:
-    return "postgresql" if url.startswith("postgresql") else (
-        "mariadb" if url.startswith("mysql") else "sqlite")
-
-
-def now_sql(url: str) -> str:
-    return {"postgresql": "clock_timestamp()", "mariadb": "NOW(6)",
-            "sqlite": "strftime('%Y-%m-%d %H:%M:%f', 'now')"}[kind_of(url)]
-
-
-def create_table(url: str, ts_type: str | None = None) -> None:
-    ts = ts_type or TS_TYPES[kind_of(url)]
-    execute(url, f"""CREATE TABLE users (
-        id BIGINT PRIMARY KEY, name VARCHAR(100), phone VARCHAR(40), email VARCHAR(200),
-        marketing INTEGER, sms VARCHAR(8), points NUMERIC(12, 2), touched VARCHAR(40),
-        deleted_at VARCHAR(40), updated_at {ts})""")
-    if kind_of(url) != "sqlite":
-        execute(url, "CREATE INDEX users_updated_at ON users (updated_at)")
-
-
-def add_users(url: str, ids: range, **cols: Any) -> None:
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        for i in ids:
-            values = {"id": i, "name": f"user {i}", "phone": f"010-1000-{2000 + i}",
-                      "email": f"u{i}@example.com", "marketing": i % 2, "sms": "Y",
-                      "points": i, "touched": "t0", "deleted_at": None}
-            values.update(cols)
-            conn.execute(sa.text(
-                f"INSERT INTO users ({', '.join(values)}, updated_at) VALUES "
-                f"({', '.join(':' + c for c in values)}, {now_sql(url)})"), values)
-    engine.dispose()
-
-
-def touch(url: str, where: str, sets: str, bump: bool = True) -> None:
-    extra = f", updated_at = {now_sql(url)}" if bump else ""
-    execute(url, f"UPDATE users SET {sets}{extra} WHERE {where}")
+from .helpers import (
+    add_users,
+    assert_mirror_matches,
+    create_table,
+    execute,
+    kind_of,
+    make_config,
+    once,
+    pg_url_for,
+    requests,
+    touch,
+    wait_for,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
@@ -321,14 +287,6 @@ def test_a_notify_starts_a_pass_without_waiting_for_the_interval(
     finally:
         daemon.stop.set()
         daemon.shutdown()
-
-
-def wait_for(condition: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the test's timeout")
-        time.sleep(0.05)
 
 
 def test_cursor_advances_past_a_bulk_update_once_the_lookback_has_passed() -> None:

@@ -11,10 +11,18 @@ import pytest
 
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, SandboxServer
 
-from .conftest import app_users, create_users_table, execute, insert_users, user_row
-from .test_capture import wait_for
-from .test_daemon import start_daemon, stop, write_config
-from .test_pipeline import expected_blux
+from .helpers import (
+    app_users,
+    create_users_table,
+    execute,
+    expected_blux,
+    insert_users,
+    start_daemon,
+    stop,
+    user_row,
+    wait_for,
+    write_config,
+)
 
 
 def differences(app: SandboxApp, source_url: str) -> list[str]:

@@ -4,15 +4,12 @@ outages, metrics and health, operator commands."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,18 +24,23 @@ from syncer.sandbox import Faults, SandboxApp, SandboxConfig, SandboxServer, moc
 from syncer.sdnotify import Notifier
 from syncer.source import Source
 
-from .conftest import (
-    MAPPING_TOML,
+from .helpers import (
     SANDBOX,
     app_users,
     create_users_table,
     execute,
+    free_port,
+    get,
     insert_users,
     make_config,
+    once,
+    requests,
+    start_daemon,
+    stop,
     user_row,
+    wait_for,
+    write_config,
 )
-from .test_capture import wait_for
-from .test_pipeline import once, requests
 
 
 class NotifySocket:
@@ -78,78 +80,6 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
     sock = NotifySocket(tmp_path / "notify.sock")
     yield sock
     sock.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_config(tmp_path: Path, source_url: str, server: SandboxServer, state_url: str, *,
-                 interval: float = 0.5, metrics_port: int | None = None,
-                 extra: str = "") -> Path:
-    path = tmp_path / f"config-{time.monotonic_ns()}.toml"
-    metrics = f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n' if metrics_port else ""
-    path.write_text(f"""
-[source]
-url = "{source_url}"
-table = "users"
-
-[capture]
-mode = "snapshot"
-soft_delete_column = "deleted_at"
-
-[schedule]
-interval_seconds = {interval}
-
-[state]
-url = "{state_url}"
-key_file = "{tmp_path / 'fingerprint.key'}"
-
-{MAPPING_TOML}
-[blux]
-base_url = "{server.blux_base_url}"
-application_id = "{SANDBOX.blux_application_id}"
-secret_key = "{SANDBOX.blux_secret_key}"
-timeout_seconds = 2
-
-[nachocode]
-base_url = "{server.nachocode_base_url}"
-api_key = "{SANDBOX.nachocode_api_key}"
-secret_key = "{SANDBOX.nachocode_secret_key}"
-timeout_seconds = 2
-
-[delivery]
-backoff_initial_seconds = 0.05
-backoff_max_seconds = 0.2
-{metrics}{extra}""")
-    return path
-
-
-def start_daemon(config: Path, env: dict[str, str] | None = None,
-                 log: Path | None = None) -> subprocess.Popen[bytes]:
-    out = open(log or os.devnull, "wb")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen([sys.executable, "-m", "syncer", "run", "-c", str(config)],
-                            env={**os.environ, **(env or {})}, stdout=out,
-                            stderr=subprocess.STDOUT)
-
-
-def get(url: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            body = response.read().decode()
-            return response.status, (json.loads(body) if "healthz" in url else body)
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode()
-        return exc.code, (json.loads(body) if "healthz" in url else body)
-    except (urllib.error.URLError, ConnectionError):
-        return 0, None
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
-    proc.send_signal(sig)
-    return proc.wait(timeout=60)
 
 
 @pytest.fixture

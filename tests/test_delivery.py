@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import json
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -35,7 +34,7 @@ from syncer.ratelimit import AsyncRateLimiter, Pacer
 from syncer.retry import RetryPolicy, parse_retry_after
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, mock_transport
 
-from .conftest import SANDBOX
+from .helpers import SANDBOX, Recorder, failing_for
 
 FAST = RetryPolicy(max_attempts=5, initial=0.001, maximum=0.005, retry_after_max=0.005)
 
@@ -77,26 +76,6 @@ def senders(rate: float = 10_000.0, **blux: Any) -> list[Any]:
 def app(**faults: Any) -> SandboxApp:
     return SandboxApp(SandboxConfig(update_rate=100_000, delete_rate=100_000,
                                     withdraw_rate=100_000), Faults(seed=5, **faults))
-
-
-class Recorder(httpx.AsyncBaseTransport):
-    """Wraps a transport and keeps every request body."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport,
-                 override: Callable[[httpx.Request, int], httpx.Response | None] | None = None):
-        self.inner = inner
-        self.bodies: list[tuple[str, Any]] = []
-        self.override = override
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await request.aread()
-        body = json.loads(request.content) if request.content else None
-        self.bodies.append((request.url.path, body))
-        if self.override is not None:
-            found = self.override(request, len(self.bodies))
-            if found is not None:
-                return found
-        return await self.inner.handle_async_request(request)
 
 
 def deliver(ops: list[Op], transport: httpx.AsyncBaseTransport, *, policy: RetryPolicy = FAST,
@@ -172,20 +151,6 @@ def test_what_keeps_failing_stays_pending_never_delivered() -> None:
     # API takes a part of it: it does not, so nothing is narrowed further
     tries = 2 * FAST.max_attempts + 2 * NARROWING_ATTEMPTS
     assert d.report().requests[Endpoint.BLUX_UPDATE] == tries
-
-
-def failing_for(user_id: str, status: int = 500) -> Callable[[httpx.Request, int],
-                                                              httpx.Response | None]:
-    """An API that answers ``status`` (or hangs, for 0) to any request carrying this user."""
-    def override(request: httpx.Request, _n: int) -> httpx.Response | None:
-        body = json.loads(request.content)
-        ids = [u["user_id"] for u in body.get("users", [])] + body.get("user_ids", [])
-        if user_id not in ids:
-            return None
-        if status == 0:
-            raise httpx.ReadTimeout("no answer", request=request)
-        return httpx.Response(status, json={"message": "internal error"}, request=request)
-    return override
 
 
 @pytest.mark.parametrize("status", [500, 0], ids=["5xx", "timeout"])

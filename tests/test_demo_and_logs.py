@@ -19,8 +19,7 @@ from syncer.pipeline import Runtime, run_pass
 from syncer.sandbox import SandboxApp, mock_transport
 from syncer.secret import redact_url
 
-from .conftest import create_users_table, execute, insert_users, make_config, user_row
-from .test_daemon import free_port
+from .helpers import create_users_table, execute, free_port, insert_users, make_config, user_row
 
 
 def test_demo_runs_to_a_clean_finish(tmp_path: Path) -> None:

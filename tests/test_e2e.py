@@ -14,16 +14,16 @@ import pytest
 
 from syncer.sandbox import Faults, SandboxApp, SandboxServer
 
-from .conftest import (
+from .helpers import (
     MAPPING_TOML,
     SANDBOX,
     app_users,
     create_users_table,
     execute,
+    expected_blux,
     insert_users,
     user_row,
 )
-from .test_pipeline import expected_blux
 
 RATES = {"blux.update": 20, "blux.delete": 100, "nachocode.withdraw": 10}
 

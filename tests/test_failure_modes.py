@@ -16,24 +16,19 @@ from syncer.pipeline import Runtime, run_pass
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, mock_transport
 from syncer.source import Source
 
-from .conftest import (
+from .helpers import (
     MAPPING_TOML,
     SANDBOX,
     create_users_table,
     execute,
+    free_port,
     insert_users,
     make_config,
+    once,
+    requests,
+    sqlite_source,
     user_row,
 )
-from .test_daemon import free_port
-from .test_pipeline import once, requests
-
-
-def sqlite_source(tmp_path: Path, rows: list[dict[str, Any]], key_type: str = "BIGINT") -> str:
-    src = f"sqlite:///{tmp_path / 'app.db'}"
-    create_users_table(src, key_type=key_type)
-    insert_users(src, rows)
-    return src
 
 
 def test_keys_that_trim_to_one_user_are_reported_and_never_hang_a_pass(

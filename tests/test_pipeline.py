@@ -3,61 +3,25 @@ through httpx.MockTransport."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from syncer import commands
-from syncer.config import Config
 from syncer.model import Endpoint
-from syncer.pipeline import PassResult, Runtime, plan_pass, run_pass
+from syncer.pipeline import Runtime, plan_pass
 from syncer.sandbox import SandboxApp, mock_transport
 
-from .conftest import app_users, create_users_table, execute, insert_users, make_config, user_row
-
-
-def expected_blux(row: dict[str, Any]) -> dict[str, Any]:
-    """What Blux should hold for a test row, computed independently of syncer's mapping."""
-    props: dict[str, Any] = {}
-    if row["phone"]:
-        digits = "".join(ch for ch in row["phone"] if ch.isdigit())
-        props["phone_number"] = "0" + digits[2:] if digits.startswith("82") else digits
-    if row["email"]:
-        props["email_address"] = row["email"]
-    if row["marketing"] is not None:
-        props["marketing_notification_consent"] = bool(int(row["marketing"]))
-    if row["sms"] is not None:
-        props["marketing_notification_sms_consent"] = row["sms"] == "Y"
-    custom: dict[str, Any] = {}
-    if row["name"] is not None:
-        custom["name"] = row["name"]
-    if row["points"] is not None:
-        points = Decimal(str(row["points"]))
-        custom["points"] = int(points) if points == points.to_integral_value() else float(points)
-    return {"user_properties": props, "custom_user_properties": custom}
-
-
-def assert_mirror_matches(app: SandboxApp, source_url: str) -> None:
-    snap = app.snapshot()
-    live = app_users(source_url)
-    assert set(snap["users"]) == set(live)
-    for uid, row in live.items():
-        assert snap["users"][uid] == expected_blux(row), uid
-
-
-def once(config: Config, app: SandboxApp, **kw: Any) -> PassResult:
-    rt = Runtime(config, transport=mock_transport(app))
-    try:
-        rt.check()
-        return run_pass(rt, **kw)
-    finally:
-        rt.close()
-
-
-def requests(result: PassResult) -> dict[str, int]:
-    return {str(endpoint): n for endpoint, n in result.counts.requests.items()}
+from .helpers import (
+    assert_mirror_matches,
+    create_users_table,
+    execute,
+    insert_users,
+    make_config,
+    once,
+    requests,
+    user_row,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -21,8 +21,7 @@ from syncer.capture import outbox_ddl as ob
 from syncer.pipeline import Runtime, run_pass
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, mock_transport
 
-from .conftest import create_users_table, execute, make_config, pg_url_for
-from .test_pipeline import expected_blux
+from .helpers import create_users_table, execute, expected_blux, make_config, pg_url_for
 
 KEYS = st.integers(1, 12)
 NAMES = st.sampled_from(["a", "b", "김민서", "x y"])

@@ -12,9 +12,7 @@ from syncer import commands
 from syncer.report import plan_report, status_report, visible
 from syncer.sandbox import SandboxApp
 
-from .conftest import make_config, user_row
-from .test_failure_modes import sqlite_source
-from .test_pipeline import once
+from .helpers import make_config, once, sqlite_source, user_row
 
 HOSTILE = ["1\x1b[2J", "a\nb", "c\r\x07d", "e\x9b31mf", "g\u202eh"]
 

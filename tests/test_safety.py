@@ -15,8 +15,15 @@ from syncer.errors import ConfigError
 from syncer.sandbox import SandboxApp
 from syncer.state.sql import SqlStateStore
 
-from .conftest import create_users_table, execute, insert_users, make_config, user_row
-from .test_pipeline import once, requests
+from .helpers import (
+    create_users_table,
+    execute,
+    insert_users,
+    make_config,
+    once,
+    requests,
+    user_row,
+)
 
 # ----------------------------------------------------------------------------- zero dates
 
@@ -269,7 +276,7 @@ def test_a_user_the_api_keeps_failing_is_quarantined_and_tried_again_later(
     from syncer.pipeline import Runtime, run_pass
     from syncer.sandbox import mock_transport
 
-    from .test_delivery import Recorder, failing_for
+    from .helpers import Recorder, failing_for
 
     src = f"sqlite:///{tmp_path / 'app.db'}"
     create_users_table(src)

@@ -13,7 +13,7 @@ from syncer.errors import ConfigError
 from syncer.model import KeyKind
 from syncer.source import Source
 
-from .conftest import create_users_table, execute, insert_users, user_row
+from .helpers import create_users_table, execute, insert_users, user_row
 
 COLUMNS = ["name", "phone", "email", "marketing", "sms", "points"]
 

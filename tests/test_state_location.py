@@ -18,15 +18,17 @@ from syncer.errors import ConfigError, StateMissing
 from syncer.sandbox import SandboxApp, SandboxServer, mock_transport
 from syncer.sdnotify import Notifier
 
-from .conftest import (
+from .helpers import (
     MAPPING_TOML,
     SANDBOX,
+    add_users,
+    create_table,
     create_users_table,
     insert_users,
     make_config,
+    touch,
     user_row,
 )
-from .test_capture import add_users, create_table, touch
 
 
 def app_folder(tmp_path: Path, users: int = 10, *, extra: str = "") -> Path:
