@@ -98,14 +98,26 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'app.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+SOURCES = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
+]
+
+
+@pytest.fixture(params=SOURCES)
 def source_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The same test against a source in each supported database."""
-    if request.param == "sqlite":
+    """The same test against a source (an empty database) in each supported database. A test
+    for some of them says which: ``@pytest.mark.parametrize("source_url", ["sqlite",
+    "postgresql"], indirect=True)``."""
+    kind = request.param
+    if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'app.db'}"
-    if request.param == "postgresql":
+    if kind == "postgresql":
         return str(request.getfixturevalue("pg_url"))
-    return str(request.getfixturevalue("mysql_url"))
+    if kind == "mariadb":
+        return str(request.getfixturevalue("mysql_url"))
+    raise ValueError(f"no such source database: {kind}")
 
 
 # ----------------------------------------------------------------------------- app tables

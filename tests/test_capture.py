@@ -33,15 +33,6 @@ from .helpers import (
 )
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'app.db'}"
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("pg_url"))
-    return str(request.getfixturevalue("mysql_url"))
-
-
 def config_for(url: str, tmp_path: Path, mode: str, **capture: Any) -> Config:
     return make_config(url, f"sqlite:///{tmp_path / 'state.db'}",
                        capture={"mode": mode, "watermark_column": "updated_at",
@@ -65,11 +56,11 @@ def run_scenario(url: str, config: Config, app: SandboxApp) -> list[PassResult]:
     return results
 
 
-def test_watermark_passes_send_exactly_the_changes(db: str, tmp_path: Path,
+def test_watermark_passes_send_exactly_the_changes(source_url: str, tmp_path: Path,
                                                   sandbox_app: SandboxApp) -> None:
-    create_table(db)
-    config = config_for(db, tmp_path, "watermark")
-    _first, second, third = run_scenario(db, config, sandbox_app)
+    create_table(source_url)
+    config = config_for(source_url, tmp_path, "watermark")
+    _first, second, third = run_scenario(source_url, config, sandbox_app)
     assert second.kind == "incremental" and second.outcome == "ok"
     assert second.counts["updated"] == 2 + 1 + 3
     assert second.counts["deleted"] == 1 and second.counts["withdrawn"] == 1  # the soft delete
@@ -77,26 +68,26 @@ def test_watermark_passes_send_exactly_the_changes(db: str, tmp_path: Path,
     # the hard delete is invisible to a watermark: the reconcile pass catches it
     reconcile = once(config, sandbox_app, reconcile=True)
     assert reconcile.kind == "reconcile" and reconcile.counts["deleted"] == 1
-    assert_mirror_matches(sandbox_app, db)
+    assert_mirror_matches(sandbox_app, source_url)
 
 
-def test_outbox_passes_send_exactly_the_changes(db: str, tmp_path: Path,
+def test_outbox_passes_send_exactly_the_changes(source_url: str, tmp_path: Path,
                                                sandbox_app: SandboxApp) -> None:
-    create_table(db)
-    config = config_for(db, tmp_path, "outbox")
+    create_table(source_url)
+    config = config_for(source_url, tmp_path, "outbox")
     with pytest.raises(ConfigError, match="syncer outbox install"):
         once(config, sandbox_app)
     ob.install(config)
     ob.install(config)   # harmless twice
-    _first, second, third = run_scenario(db, config, sandbox_app)
+    _first, second, third = run_scenario(source_url, config, sandbox_app)
     assert second.kind == "incremental" and second.outcome == "ok"
     assert second.counts["updated"] == 6
     assert second.counts["deleted"] == 2 and second.counts["withdrawn"] == 2  # hard deletes too
     # 200 inserts before the snapshot, then 2+1+1+1+3 changes; unmapped touches leave no row
     assert second.counts["scanned"] == 200 + 8
     assert requests(third) == {}
-    assert outbox_depth(db) == 0
-    assert_mirror_matches(sandbox_app, db)
+    assert outbox_depth(source_url) == 0
+    assert_mirror_matches(sandbox_app, source_url)
 
 
 def outbox_depth(url: str) -> int:
@@ -123,36 +114,36 @@ def triggers(url: str) -> set[str]:
     return {n for n in names if n.startswith("syncer_outbox")}
 
 
-def test_outbox_install_and_uninstall_are_idempotent(db: str, tmp_path: Path) -> None:
-    create_table(db)
-    config = config_for(db, tmp_path, "outbox")
+def test_outbox_install_and_uninstall_are_idempotent(source_url: str, tmp_path: Path) -> None:
+    create_table(source_url)
+    config = config_for(source_url, tmp_path, "outbox")
     ob.install(config)
     ob.install(config)
-    assert len(triggers(db)) == 3
-    add_users(db, range(1, 4))
-    touch(db, "id = 1", "touched = 'unmapped'", bump=False)
-    assert outbox_depth(db) == 3
-    touch(db, "id = 1", "email = 'U1@EXAMPLE.COM'", bump=False)   # case-only change counts
-    assert outbox_depth(db) == 4
+    assert len(triggers(source_url)) == 3
+    add_users(source_url, range(1, 4))
+    touch(source_url, "id = 1", "touched = 'unmapped'", bump=False)
+    assert outbox_depth(source_url) == 3
+    touch(source_url, "id = 1", "email = 'U1@EXAMPLE.COM'", bump=False)   # case-only change counts
+    assert outbox_depth(source_url) == 4
     ddl = ob.sql(config)
     assert "syncer_outbox" in ddl and "CREATE TRIGGER" in ddl
     assert "DROP TABLE" in ob.sql(config, uninstall=True)
     ob.uninstall(config)
     ob.uninstall(config)
-    assert triggers(db) == set()
-    engine = sa.create_engine(db)
+    assert triggers(source_url) == set()
+    engine = sa.create_engine(source_url)
     with engine.connect() as conn:
         assert not sa.inspect(conn).has_table("syncer_outbox")
     engine.dispose()
-    add_users(db, range(10, 12))     # the app keeps working without the triggers
+    add_users(source_url, range(10, 12))     # the app keeps working without the triggers
 
 
-@pytest.mark.parametrize("server", ["postgresql", "mariadb"])
-def test_outbox_handles_out_of_order_commits(server: str, request: pytest.FixtureRequest,
-                                             tmp_path: Path, sandbox_app: SandboxApp) -> None:
+@pytest.mark.parametrize("source_url", ["postgresql", "mariadb"], indirect=True)
+def test_outbox_handles_out_of_order_commits(source_url: str, tmp_path: Path,
+                                             sandbox_app: SandboxApp) -> None:
     """A transaction that took a lower outbox id commits after a later one was consumed.
     (SQLite has one writer at a time: its commits cannot interleave.)"""
-    db = str(request.getfixturevalue("pg_url" if server == "postgresql" else "mysql_url"))
+    db = source_url
     create_table(db)
     config = config_for(db, tmp_path, "outbox")
     ob.install(config)
@@ -312,29 +303,29 @@ def test_cursor_advances_past_a_bulk_update_once_the_lookback_has_passed() -> No
     assert cap.advance(start, t, h, 1001.0).value == t + dt.timedelta(hours=1)
 
 
-def test_idle_watermark_passes_stop_rereading_a_bulk_update(db: str, tmp_path: Path,
+def test_idle_watermark_passes_stop_rereading_a_bulk_update(source_url: str, tmp_path: Path,
                                                             sandbox_app: SandboxApp) -> None:
-    create_table(db)
-    config = config_for(db, tmp_path, "watermark", lookback_seconds=0.2)
-    add_users(db, range(1, 51))
-    execute(db, "UPDATE users SET updated_at = '2026-01-01 00:00:00'")  # one value for all
+    create_table(source_url)
+    config = config_for(source_url, tmp_path, "watermark", lookback_seconds=0.2)
+    add_users(source_url, range(1, 51))
+    execute(source_url, "UPDATE users SET updated_at = '2026-01-01 00:00:00'")  # one value for all
     assert once(config, sandbox_app).counts["updated"] == 50
     time.sleep(0.25)
     once(config, sandbox_app)
     idle = once(config, sandbox_app)
     assert idle.counts.get("scanned", 0) == 0
-    touch(db, "id = 7", "name = 'after'")
+    touch(source_url, "id = 7", "name = 'after'")
     assert once(config, sandbox_app).counts["updated"] == 1
 
 
-@pytest.mark.parametrize("server", ["postgresql", "mariadb"])
+@pytest.mark.parametrize("source_url", ["postgresql", "mariadb"], indirect=True)
 def test_reconcile_compares_key_ranges_and_reads_only_the_changed_ones(
-        server: str, request: pytest.FixtureRequest, tmp_path: Path, sandbox_app: SandboxApp,
+        source_url: str, tmp_path: Path, sandbox_app: SandboxApp,
         monkeypatch: pytest.MonkeyPatch) -> None:
     from syncer.capture import snapshot
 
     monkeypatch.setattr(snapshot, "BLOCK", 100)
-    db = str(request.getfixturevalue("pg_url" if server == "postgresql" else "mysql_url"))
+    db = source_url
     create_table(db)
     add_users(db, range(1, 2001))
     config = config_for(db, tmp_path, "snapshot")
@@ -356,15 +347,13 @@ def test_reconcile_compares_key_ranges_and_reads_only_the_changed_ones(
 # ----------------------------------------------------------------------------- odd watermarks
 
 
-@pytest.mark.parametrize("server", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("source_url", ["sqlite", "postgresql"], indirect=True)
 def test_a_date_watermark_never_misses_a_change_later_the_same_day(
-        server: str, request: pytest.FixtureRequest, tmp_path: Path,
-        sandbox_app: SandboxApp) -> None:
+        source_url: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
     """A DATE column: every row changed today carries today's date, so a read may never be
     strictly after it, however long ago the lookback passed."""
-    db = (f"sqlite:///{tmp_path / 'app.db'}" if server == "sqlite"
-          else str(request.getfixturevalue("pg_url")))
-    create_table(db, ts_type="DATE" if server == "postgresql" else "TEXT")
+    db = source_url
+    create_table(db, ts_type="DATE" if kind_of(db) == "postgresql" else "TEXT")
     today = dt.date.today().isoformat()
     add_users(db, range(1, 11))
     execute(db, "UPDATE users SET updated_at = :d", {"d": today})
@@ -378,17 +367,15 @@ def test_a_date_watermark_never_misses_a_change_later_the_same_day(
     assert_mirror_matches(sandbox_app, db)
 
 
-@pytest.mark.parametrize("server", ["sqlite", "mariadb"])
+@pytest.mark.parametrize("source_url", ["sqlite", "mariadb"], indirect=True)
 def test_a_row_stamped_in_the_future_does_not_jam_the_cursor(
-        server: str, request: pytest.FixtureRequest, tmp_path: Path,
-        sandbox_app: SandboxApp) -> None:
-    db = (f"sqlite:///{tmp_path / 'app.db'}" if server == "sqlite"
-          else str(request.getfixturevalue("mysql_url")))
+        source_url: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    db = source_url
     create_table(db)
     add_users(db, range(1, 11))
     config = config_for(db, tmp_path, "watermark", lookback_seconds=0)
     assert once(config, sandbox_app).counts["updated"] == 10
-    later = ("strftime('%Y-%m-%d %H:%M:%f', 'now', '+1 hour')" if server == "sqlite"
+    later = ("strftime('%Y-%m-%d %H:%M:%f', 'now', '+1 hour')" if kind_of(db) == "sqlite"
              else "NOW(6) + INTERVAL 1 HOUR")
     execute(db, f"UPDATE users SET name = 'clock ahead', updated_at = {later} WHERE id = 1")
     for n in range(3):
@@ -426,12 +413,12 @@ def test_text_watermarks_in_two_layouts_are_both_read(tmp_path: Path,
 
 
 def test_rows_without_a_watermark_are_read_by_incremental_passes(
-        db: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
-    create_table(db)
-    add_users(db, range(1, 6))
-    config = config_for(db, tmp_path, "watermark", lookback_seconds=0)
+        source_url: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    create_table(source_url)
+    add_users(source_url, range(1, 6))
+    config = config_for(source_url, tmp_path, "watermark", lookback_seconds=0)
     assert once(config, sandbox_app).counts["updated"] == 5
-    execute(db, "INSERT INTO users (id, name, marketing, sms, updated_at) "
+    execute(source_url, "INSERT INTO users (id, name, marketing, sms, updated_at) "
                 "VALUES (50, 'no stamp', 1, 'Y', NULL)")
     result = once(config, sandbox_app)
     assert result.counts.get("updated") == 1, result.counts
@@ -502,33 +489,34 @@ def test_the_dollar_quote_tag_is_chosen_to_avoid_the_body() -> None:
 
 
 def test_the_outbox_takes_any_key_and_never_breaks_the_apps_write(
-        db: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+        source_url: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
     """A key longer than 255 characters, outside the database's default character set, or
     NULL (the configured key need not be the table's primary key): the app's writes go through,
     and the outbox carries every key it can."""
     text_type = "VARCHAR(1000)"
-    if kind_of(db) == "mariadb":   # an outbox created with the database's default would be latin1
-        execute(db, "ALTER DATABASE CHARACTER SET latin1")
+    # an outbox created with the database's default would be latin1
+    if kind_of(source_url) == "mariadb":
+        execute(source_url, "ALTER DATABASE CHARACTER SET latin1")
         text_type += " CHARACTER SET utf8mb4"
-    execute(db, f"""CREATE TABLE users (
+    execute(source_url, f"""CREATE TABLE users (
         row_id INTEGER PRIMARY KEY, id {text_type}, name VARCHAR(100), phone VARCHAR(40),
         email VARCHAR(200), marketing INTEGER, sms VARCHAR(8), points NUMERIC(12, 2),
         touched VARCHAR(40), deleted_at VARCHAR(40))""")
-    if kind_of(db) == "mariadb":   # an outbox installed by an earlier version is upgraded
-        execute(db, "CREATE TABLE syncer_outbox (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+    if kind_of(source_url) == "mariadb":   # an outbox installed by an earlier version is upgraded
+        execute(source_url, "CREATE TABLE syncer_outbox (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
                     "user_key VARCHAR(255) NOT NULL, created_at TIMESTAMP(6) NOT NULL "
                     "DEFAULT CURRENT_TIMESTAMP(6))")
-    config = config_for(db, tmp_path, "outbox")
+    config = config_for(source_url, tmp_path, "outbox")
     ob.install(config)
     assert once(config, sandbox_app).outcome == "ok"     # the first pass: a snapshot
     long_key = "가나" + "k" * 600
-    execute(db, "INSERT INTO users (row_id, id, name) VALUES (1, :k, 'long'), (2, NULL, 'null')",
-            {"k": long_key})
-    execute(db, "UPDATE users SET name = 'still null' WHERE row_id = 2")
-    execute(db, "UPDATE users SET id = NULL WHERE row_id = 1")
-    execute(db, "UPDATE users SET id = :k WHERE row_id = 1", {"k": long_key})
-    execute(db, "DELETE FROM users WHERE row_id = 2")
-    engine = sa.create_engine(db)
+    execute(source_url, "INSERT INTO users (row_id, id, name) VALUES (1, :k, 'long'), "
+                        "(2, NULL, 'null')", {"k": long_key})
+    execute(source_url, "UPDATE users SET name = 'still null' WHERE row_id = 2")
+    execute(source_url, "UPDATE users SET id = NULL WHERE row_id = 1")
+    execute(source_url, "UPDATE users SET id = :k WHERE row_id = 1", {"k": long_key})
+    execute(source_url, "DELETE FROM users WHERE row_id = 2")
+    engine = sa.create_engine(source_url)
     with engine.connect() as conn:
         keys = [r[0] for r in conn.execute(sa.text("SELECT user_key FROM syncer_outbox"))]
     engine.dispose()
@@ -537,8 +525,8 @@ def test_the_outbox_takes_any_key_and_never_breaks_the_apps_write(
     assert result.outcome == "ok", result.message
     assert result.counts["updated"] == 1
     assert sandbox_app.snapshot()["users"][long_key]["custom_user_properties"] == {"name": "long"}
-    assert outbox_depth(db) == 0
+    assert outbox_depth(source_url) == 0
     ob.install(config)   # reinstalling over an existing outbox keeps working
-    execute(db, "INSERT INTO users (row_id, id, name) VALUES (3, :k, 'again')",
+    execute(source_url, "INSERT INTO users (row_id, id, name) VALUES (3, :k, 'again')",
             {"k": "x" * 700})
-    assert outbox_depth(db) == 1
+    assert outbox_depth(source_url) == 1

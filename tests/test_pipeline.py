@@ -24,16 +24,11 @@ from .helpers import (
 )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def src(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    url = (f"sqlite:///{tmp_path / 'app.db'}" if request.param == "sqlite"
-           else request.getfixturevalue("pg_url"))
-    create_users_table(url)
-    return url
-
-
-def test_three_passes_first_load_changes_then_nothing(src: str, tmp_path: Path,
+@pytest.mark.parametrize("source_url", ["sqlite", "postgresql"], indirect=True)
+def test_three_passes_first_load_changes_then_nothing(source_url: str, tmp_path: Path,
                                                       sandbox_app: SandboxApp) -> None:
+    src = source_url
+    create_users_table(src)
     insert_users(src, [user_row(i) for i in range(1, 1201)])
     config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
 
