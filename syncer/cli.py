@@ -122,8 +122,8 @@ def _finish(console: Console, result: PassResult, interrupt: Interrupt) -> NoRet
 
     pass_summary(console, result)
     if result.outcome is PassOutcome.STOPPED and interrupt.signum is not None:
-        delivered = sum(result.counts.get(k, 0) for k in ("updated", "deleted", "withdrawn"))
-        left = result.counts.get("left")
+        delivered = sum(result.counts[k] for k in ("updated", "deleted", "withdrawn"))
+        left = result.counts.totals.get("left")   # absent: stopped before anything was read
         click.echo(f"stopped: {delivered} delivered, "
                    + ("the rest" if left is None else str(left)) + " left for the next pass")
         sys.exit(128 + interrupt.signum)

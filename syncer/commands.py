@@ -21,7 +21,7 @@ from syncer.pipeline import Progress, plan_pass, run_pass
 from syncer.results import PassOutcome, PassResult
 from syncer.runtime import Runtime
 from syncer.source import Source
-from syncer.state import PassRecord, ProblemRow, QuarantineRow, StateCounts
+from syncer.state import PassRecord, ProblemRow, QuarantineRow, StateCounts, state_id
 from syncer.state.memory import MemoryStateStore
 from syncer.state.sql import SqlStateStore, state_exists, state_location
 from syncer.state.sql import migrate as migrate_state
@@ -39,7 +39,7 @@ def open_runtime(config: Config, *, new_state: bool | None = None,
         log.warning("config.warning", message=note)
     guard = new_state is False and config.capture.mode == "outbox"
     if guard and "state" not in kwargs and not state_exists(config.state.url):
-        _refuse_if_delivered_elsewhere(config, None)   # before the state is created
+        _refuse_if_delivered_elsewhere(config, None, None)   # before the state is created
         guard = False
     try:
         rt = Runtime(config, **kwargs)  # type: ignore[arg-type]
@@ -48,18 +48,18 @@ def open_runtime(config: Config, *, new_state: bool | None = None,
     try:
         rt.check()
         if guard and not rt.state.ledger.has_users() and not rt.state.passes.recent(1):
-            _refuse_if_delivered_elsewhere(config, rt.source)
+            _refuse_if_delivered_elsewhere(config, rt.source, state_id(rt.state.cursors))
     except BaseException:
         rt.close()
         raise
     return rt
 
 
-def _refuse_if_delivered_elsewhere(config: Config, source: Source | None) -> None:
-    """The state is new (no users, no passes). syncer is the only consumer of its outbox, so an
-    outbox that rows were taken from means another state delivered these users: starting over
-    here would send every user again. (The first pass after ``outbox install`` is a snapshot
-    that takes nothing from the outbox, so a real first run is never refused.)"""
+def _refuse_if_delivered_elsewhere(config: Config, source: Source | None,
+                                  ours: str | None) -> None:
+    """The state is new (no users, no passes). A state records its id in the outbox's consumer
+    table when it takes rows out, so another id there means another state delivered these
+    users: starting over here would send every user again."""
     from syncer.capture import outbox_ddl as outbox
 
     probe = source
@@ -69,7 +69,7 @@ def _refuse_if_delivered_elsewhere(config: Config, source: Source | None) -> Non
             return   # Runtime reports the source's problems
     try:
         n = outbox.names(probe, config.capture, outbox.schema_of(probe, config.source))
-        taken = outbox.consumed(probe, n)
+        taken = bool((outbox.consumers(probe, n) or set()) - {ours})
     finally:
         if source is None:
             probe.close()

@@ -117,6 +117,12 @@ class CaptureConfig(_Model):
     def _mode_needs(self) -> CaptureConfig:
         if self.mode == "watermark" and not self.watermark_column:
             raise ValueError("mode = \"watermark\" needs `watermark_column`")
+        if self.created_column and self.created_column in (self.watermark_column,
+                                                           self.soft_delete_column):
+            raise ValueError("`created_column` must be a column that changes only when a key is "
+                             "reused by another person (created_at, date_joined), not the "
+                             "watermark or soft-delete column: every change would then delete "
+                             "and re-create the user")
         return self
 
 

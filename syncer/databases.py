@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from syncer.errors import ConfigError
-from syncer.normalize import Unreadable, is_zero_date
+from syncer.normalize import FOREVER, Unreadable, is_zero_date
 from syncer.secret import redact_url, scrub
 
 SOURCE_BACKENDS: Final = ("postgresql", "mysql", "mariadb", "sqlite")
@@ -119,11 +119,19 @@ def _pg_loaders() -> list[tuple[str, Any]]:
                 try:
                     return super().load(data)
                 except psycopg.DataError:
+                    if _positive_infinity(data):
+                        return FOREVER
                     return Unreadable(f"a {self._kind} outside the years 1 to 9999")
 
         Safe._kind = name
         out.append((name, Safe))
     return out
+
+
+def _positive_infinity(data: Any) -> bool:
+    """'infinity' as PostgreSQL sends it: the text, or the largest value of the binary form."""
+    raw = bytes(data)
+    return raw == b"infinity" or raw in (b"\x7f\xff\xff\xff\xff\xff\xff\xff", b"\x7f\xff\xff\xff")
 
 
 def _readable_values(backend: str) -> Any:

@@ -34,6 +34,7 @@ from syncer.errors import (
     RateLimited,
     RejectedError,
     RetriableError,
+    UserUnknown,
 )
 from syncer.lanes import Batch, Lane
 from syncer.model import Endpoint, Op, Outcome, Status
@@ -321,7 +322,7 @@ class Deliverer:
     def _escalate(self, lane: Lane, batch: Batch, error: DeliveryError) -> DeliveryError:
         """Single users refused one after another, with nothing accepted in between: the
         endpoint refuses everything (a wrong method or body), not these users."""
-        if isinstance(error, RejectedError):
+        if isinstance(error, RejectedError) and not isinstance(error, UserUnknown):
             lane.rejected_in_a_row = lane.rejected_in_a_row + 1 if len(batch.ops) == 1 else 0
             if lane.rejected_in_a_row >= REJECTIONS_BEFORE_BLOCKING:
                 return EndpointRefused(
@@ -380,10 +381,13 @@ class Deliverer:
         everything stays pending."""
         endpoint = lane.endpoint
         batch.attempts += 1
+        batch.own_failures += 1
+        lane.failures += 1
         if batch.failing_since is None:
-            batch.failing_since = lane.successes
+            batch.failing_since = (lane.successes, lane.failures - 1)
         self.observer.retry(endpoint, "error")
-        limit = NARROWING_ATTEMPTS if batch.narrowing else self.policy.max_attempts
+        parts = batch.narrowing and len(batch.ops) > 1
+        limit = NARROWING_ATTEMPTS if parts else self.policy.max_attempts
         if batch.attempts < limit:
             if not self._accepting:
                 self._resolve(batch.ops, Status.PENDING, str(error))
@@ -395,7 +399,10 @@ class Deliverer:
             self._waiting.add(task)
             task.add_done_callback(self._waiting.discard)
             return
-        accepted_others = lane.successes > batch.failing_since
+        then_ok, then_failed = batch.failing_since
+        accepted = lane.successes - then_ok
+        failed = lane.failures - then_failed - batch.own_failures   # other requests' failures
+        accepted_others = accepted > 0
         explore = not accepted_others and not batch.narrowing and not lane.explored
         if len(batch.ops) > 1 and lane.narrowing_budget >= 2 and (accepted_others or explore):
             lane.narrowing_budget -= 2
@@ -406,9 +413,12 @@ class Deliverer:
                      reason=str(error))
             for part in (batch.ops[:half], batch.ops[half:]):
                 self._ready(lane, Batch(list(part), batch.priority, narrowing=True,
-                                        failing_since=batch.failing_since))
+                                        failing_since=batch.failing_since,
+                                        own_failures=batch.own_failures))
             return
-        if len(batch.ops) == 1 and batch.narrowing and accepted_others:
+        # A user is taken for the cause only while the endpoint takes most requests: a flaky
+        # API fails anybody now and then.
+        if len(batch.ops) == 1 and batch.narrowing and accepted and accepted >= failed:
             why = (f"{error} at every try ({batch.attempts}), while the other users of its "
                    "batch were accepted; tried again in an hour (`syncer retry` sends it "
                    "now)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from syncer.mapping import Mapping
@@ -48,9 +49,9 @@ def operations(record: UserRecord, state: UserState | None, mapping: Mapping,
     not a deletion of anyone syncer knows; :func:`unseen_deletion` tells the caller to report it.
     ``send_unseen`` (the very first pass with ``initial_deletions = "send"``) sends those too.
 
-    A user re-created with the same key (``record.recreated``) is first deleted and withdrawn,
-    so that the new person does not inherit the previous one's fields; settling leaves it dirty
-    and the next pass sends the new person's profile whole.
+    A user re-created with the same key (:func:`replacing`) is first deleted and withdrawn, so
+    that the new person does not inherit the previous one's fields; until every destination has
+    done so the state keeps ``recreating``, and the new person is sent whole afterwards.
 
     A quarantined update waits until the user's data changes. A quarantined deletion has no data
     to change: ``retry_deletions`` (reconcile passes) tries it again. A transient quarantine
@@ -58,9 +59,8 @@ def operations(record: UserRecord, state: UserState | None, mapping: Mapping,
     :data:`TRANSIENT_RETRY` has passed since its last attempt (``now``)."""
     delivered = state.deliveries if state else {}
     quarantined = state.quarantine if state else {}
-    seen = bool(state and state.seen_alive)
-    if record.deleted or (record.recreated and seen):
-        if not (seen or send_unseen):
+    if record.deleted or replacing(record, state):
+        if not (state and state.seen_alive) and not send_unseen:
             return []
         why = "deleted in the source" if record.deleted else (
             "re-created with the same key: the previous person is deleted first")
@@ -84,6 +84,13 @@ def operations(record: UserRecord, state: UserState | None, mapping: Mapping,
     urgent = mapping.is_consent_withdrawal(changed, payload)
     return [Op(Endpoint.BLUX_UPDATE, record.user_id, payload, URGENT if urgent else NORMAL,
                changed, "consent withdrawn" if urgent else reason)]
+
+
+def replacing(record: UserRecord, state: UserState | None) -> bool:
+    """The row is another person than the one syncer saw alive under this key (re-created now,
+    or an earlier re-creation whose deletions are not all done yet)."""
+    return (not record.deleted and state is not None and state.seen_alive
+            and (record.recreated or state.recreating))
 
 
 def _deletions(user_id: str, delivered: dict[str, Delivered],
@@ -140,70 +147,96 @@ def _waits(held: Quarantine | None, fingerprint: bytes, retry: bool = False,
 def settle(record: UserRecord, state: UserState | None, outcomes: Sequence[Outcome],
            key_int: int | None, source_key: str | None) -> UserWrite:
     """The state row to write for this user once all its operations have an outcome."""
-    deliveries: dict[str, Delivered | None] = {}
-    quarantine_set: list[Quarantine] = []
-    quarantine_clear: list[str] = []
-    dirty = False
-    for outcome in outcomes:
-        op = outcome.op
-        if outcome.status is Status.DELIVERED:
-            if _KIND[op.endpoint] is OpKind.UPSERT:
-                assert op.payload is not None
-                deliveries[op.destination] = Delivered(op.payload.fingerprint,
-                                                       op.payload.field_tags, False)
-            else:
-                deliveries[op.destination] = Delivered(None, None, True)
-            if state and op.destination in state.quarantine:
-                quarantine_clear.append(op.destination)
-        elif outcome.status is Status.QUARANTINED:
-            quarantine_set.append(Quarantine(op.destination, op.fingerprint, outcome.reason,
-                                             outcome.transient))
-        else:
-            dirty = True
-    seen = bool(state and state.seen_alive)
-    if state and not record.deleted and not (record.recreated and seen):
+    got = _Settled.of(outcomes, state)
+    quarantine_clear = got.quarantine_clear + _stale_quarantines(record, state, got)
+    held = [*got.quarantine_set, *_still_held(state, got, quarantine_clear)]
+    # A quarantined deletion has no data that could change, and a transient quarantine may pass
+    # by itself: the user stays "to look at" (reconcile passes retry deletions).
+    dirty = got.dirty or any(q.transient or (record.deleted and q.fingerprint ==
+                                             DELETION_FINGERPRINT) for q in held)
+    recreating = replacing(record, state) and (got.dirty or bool(got.quarantine_set))
+    if replacing(record, state):
+        dirty = True   # the new person goes once the previous one is deleted everywhere
+    deliveries = dict(got.deliveries)
+    if state and not record.deleted and not replacing(record, state):
         # Back in the source after a withdrawal: nachocode learns of the user again through the
         # app's SDK, there is nothing to send; forget the tombstone so a later deletion is sent.
         nacho = state.deliveries.get(NACHOCODE)
         if nacho is not None and nacho.deleted:
             deliveries[NACHOCODE] = None
-    if state:
-        # The row can be read again: what was held back for that has nothing left to wait for.
-        quarantine_clear += [dest for dest, held in state.quarantine.items()
-                             if held.fingerprint == UNREADABLE_FINGERPRINT
-                             and dest not in quarantine_clear
-                             and all(q.destination != dest for q in quarantine_set)]
-    if state and record.deleted and not dirty:
-        # A deleted user's pending update quarantine is moot.
-        for dest, held in state.quarantine.items():
-            if held.fingerprint != DELETION_FINGERPRINT and dest not in quarantine_clear:
-                quarantine_clear.append(dest)
-    # A quarantined deletion has no data that could change, and a transient quarantine may pass
-    # by itself: the user stays "to look at", so reconcile passes (which retry both) find it.
-    still = list(quarantine_set)
-    if state:
-        still += [kept for dest, kept in state.quarantine.items()
-                  if dest not in quarantine_clear and dest not in deliveries
-                  and all(q.destination != dest for q in quarantine_set)]
-    dirty = dirty or any(q.transient or (record.deleted and q.fingerprint == DELETION_FINGERPRINT)
-                         for q in still)
-    if record.recreated and seen and not record.deleted:
-        dirty = True   # the previous person was deleted this pass; the new one goes next pass
-    row_hash = record.row_hash if not dirty else (state.row_hash if state else None)
+    seen = bool(state and state.seen_alive)
     return UserWrite(
         user_id=record.user_id,
         key_int=key_int,
         source_key=source_key,
-        row_hash=row_hash,
+        row_hash=record.row_hash if not dirty else (state.row_hash if state else None),
         gone=record.deleted,  # what the source says; ``dirty`` says what is still owed
         dirty=dirty,
         deliveries=deliveries,
-        quarantine_set=tuple(quarantine_set),
+        quarantine_set=tuple(got.quarantine_set),
         quarantine_clear=tuple(quarantine_clear),
         problems=() if record.deleted else record.problems,
         seen_alive=seen or not record.deleted,
         identity=(state.identity if state else None) if record.deleted else record.identity,
+        recreating=recreating,
     )
+
+
+@dataclass(slots=True)
+class _Settled:
+    """What the destinations' answers say, per destination."""
+
+    deliveries: dict[str, Delivered | None]
+    quarantine_set: list[Quarantine]
+    quarantine_clear: list[str]
+    dirty: bool   # something is still pending
+
+    @classmethod
+    def of(cls, outcomes: Sequence[Outcome], state: UserState | None) -> _Settled:
+        got = cls({}, [], [], False)
+        for outcome in outcomes:
+            op = outcome.op
+            if outcome.status is Status.DELIVERED:
+                if _KIND[op.endpoint] is OpKind.UPSERT:
+                    assert op.payload is not None
+                    got.deliveries[op.destination] = Delivered(op.payload.fingerprint,
+                                                               op.payload.field_tags, False)
+                else:
+                    got.deliveries[op.destination] = Delivered(None, None, True)
+                if state and op.destination in state.quarantine:
+                    got.quarantine_clear.append(op.destination)
+            elif outcome.status is Status.QUARANTINED:
+                got.quarantine_set.append(Quarantine(op.destination, op.fingerprint,
+                                                     outcome.reason, outcome.transient))
+            else:
+                got.dirty = True
+        return got
+
+    def sets(self, dest: str) -> bool:
+        return any(q.destination == dest for q in self.quarantine_set)
+
+
+def _stale_quarantines(record: UserRecord, state: UserState | None, got: _Settled) -> list[str]:
+    """Quarantine entries that have nothing left to wait for: a row that can be read again, and
+    a deleted user's update (unless something is still pending)."""
+    if state is None:
+        return []
+    stale = [dest for dest, held in state.quarantine.items()
+             if held.fingerprint == UNREADABLE_FINGERPRINT and dest not in got.quarantine_clear
+             and not got.sets(dest)]
+    if record.deleted and not got.dirty:
+        stale += [dest for dest, held in state.quarantine.items()
+                  if held.fingerprint != DELETION_FINGERPRINT
+                  and dest not in got.quarantine_clear and dest not in stale]
+    return stale
+
+
+def _still_held(state: UserState | None, got: _Settled, clear: list[str]) -> list[Quarantine]:
+    """Quarantine entries this pass leaves as they were."""
+    if state is None:
+        return []
+    return [kept for dest, kept in state.quarantine.items()
+            if dest not in clear and dest not in got.deliveries and not got.sets(dest)]
 
 
 # What the quarantine keeps for a row the source cannot hand back whole: no payload was built,

@@ -12,7 +12,9 @@
         ├── RetriableError              5xx, timeout, dropped connection: back off and try again
         │   └── RateLimited             429: wait ``retry_after`` seconds, then try again
         ├── RejectedError               400: the request carries something the API refuses;
-        │                               narrow the batch down and quarantine the users that cause it
+        │   │                           narrow the batch down and quarantine the users that cause it
+        │   └── UserUnknown             about one user only (nachocode 404 with a user code):
+        │                               quarantine it; never a sign the endpoint refuses all
         ├── HeldBack                    the destination cannot take this kind of request now
         │   │                           (nachocode 403 ERR-AB-ACS-21): keep it pending, report it
         │   └── EndpointRefused         it refuses every request of this kind (a redirect, 405,
@@ -94,6 +96,11 @@ class RateLimited(RetriableError):
 
 class RejectedError(DeliveryError):
     """The destination refused the request's content (400)."""
+
+
+class UserUnknown(RejectedError):
+    """The destination answered about this one user (it does not know it): quarantine the user,
+    and never count it toward the endpoint refusing every request."""
 
 
 class HeldBack(DeliveryError):

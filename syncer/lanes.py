@@ -32,7 +32,8 @@ class Batch:
     attempts: int = 0
     throttled: int = 0
     narrowing: bool = False           # a part of a batch that kept failing with 5xx/timeouts
-    failing_since: int | None = None  # the lane's successes when this batch first failed
+    failing_since: tuple[int, int] | None = None  # the lane's (successes, failures) then
+    own_failures: int = 0             # of this batch and of those it was split from
 
     @property
     def urgent(self) -> bool:
@@ -51,6 +52,7 @@ class Lane:
     requests: int = 0
     rejected_in_a_row: int = 0
     successes: int = 0                # requests the endpoint accepted in this pass
+    failures: int = 0                 # requests that got a 5xx, a timeout or no answer
     narrowing_budget: int = NARROWING_BUDGET
     explored: bool = False            # split a failing batch once without evidence
 

@@ -7,6 +7,7 @@ user is sent. The field tags (2 bytes a field) only serve to *name* which fields
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -38,6 +39,26 @@ _ABSENT: Final = b"\x00\x00"
 
 def _canonical(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def identity_of(column: str, value: object) -> int | None:
+    """Who holds a key, from the column that changes when a key is reused by another person
+    (``[capture] created_column``): a hash of its value as a point in time, so that the session's
+    time zone, the driver or a new fingerprint key do not make the same person look new. None for
+    NULL and values that cannot be read."""
+    if value is None or isinstance(value, normalize.Unreadable):
+        return None
+    if isinstance(value, dt.datetime):
+        text = (value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
+                ).isoformat()
+    elif isinstance(value, dt.date):
+        text = value.isoformat()
+    elif isinstance(value, bytes):
+        text = value.hex()
+    else:
+        text = str(value).strip()
+    digest = hashlib.blake2b(f"{column}\x00{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 class Mapping:
@@ -94,15 +115,11 @@ class Mapping:
                           tuple(problems), identity)
 
     def identity(self, values: dict[str, object]) -> int | None:
-        """A keyed hash of ``[capture] created_column`` (None when not configured, NULL or
-        unreadable): when it changes for one key, another person now holds that key."""
+        """:func:`identity_of` the row's ``[capture] created_column`` (None when not
+        configured)."""
         if self.created_column is None:
             return None
-        value = values.get(self.created_column)
-        if value is None or isinstance(value, normalize.Unreadable):
-            return None
-        digest = hashlib.blake2b(repr(value).encode(), key=self._salt, digest_size=8).digest()
-        return int.from_bytes(digest, "big", signed=True)
+        return identity_of(self.created_column, values.get(self.created_column))
 
     def _normalise(self, fields: dict[str, str], values: dict[str, object],
                    problems: list[FieldProblem], prefix: str) -> list[tuple[str, JsonScalar]]:

@@ -42,6 +42,7 @@ class RawRow:
     deleted: bool
     values: dict[str, object] | None = None
     unreadable: tuple[str, ...] = ()  # columns whose value the database could not hand back
+    created: object = None            # [capture] created_column, in reads without the values
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,7 @@ class UserRecord:
     deleted: bool
     payload: BluxPayload | None = None
     problems: tuple[FieldProblem, ...] = ()
-    identity: int | None = None   # keyed hash of [capture] created_column
+    identity: int | None = None   # hash of [capture] created_column
     recreated: bool = False       # the key was deleted and re-created since the last pass
     unreadable: str | None = None  # why the row cannot be synced (a value it cannot read)
 
@@ -110,7 +111,8 @@ class UserState:
     deliveries: dict[str, Delivered] = field(default_factory=dict)
     quarantine: dict[str, Quarantine] = field(default_factory=dict)
     seen_alive: bool = False      # the source once gave this user alive
-    identity: int | None = None   # keyed hash of [capture] created_column as last seen
+    identity: int | None = None   # hash of [capture] created_column as last seen
+    recreating: bool = False      # the previous person of this key is still owed its deletion
 
 
 class OpKind(enum.StrEnum):
@@ -183,3 +185,4 @@ class UserWrite:
     problems: tuple[FieldProblem, ...] | None = None
     seen_alive: bool = False
     identity: int | None = None
+    recreating: bool = False

@@ -35,6 +35,12 @@ class Unreadable:
         return f"<unreadable {self.what}>"
 
 
+# PostgreSQL's 'infinity' in a date or timestamp: a time that never comes. In a soft-delete
+# column (``deleted_at DEFAULT 'infinity'``) it means "not deleted"; anywhere else it cannot be
+# sent.
+FOREVER: Final = Unreadable("a date or time without end")
+
+
 def _refuse_unreadable(raw: object) -> None:
     if isinstance(raw, Unreadable):
         raise Invalid(f"the database cannot hand back this value ({raw.what})")
@@ -174,11 +180,12 @@ def is_zero_date(raw: object) -> bool:
 
 
 def is_deleted_flag(raw: object) -> bool:
-    """The soft-delete column: NULL, false, 0, '', zero dates and no-words mean alive; true,
+    """The soft-delete column: NULL, false, 0, '', zero dates, 'infinity' and no-words mean
+    alive; true,
     non-zero numbers, yes-words, dates and timestamps mean deleted. Other text (a status such as
     'active') is not a deletion: a deletion cannot be undone, so it needs a clear signal. A value
     the database cannot hand back (:class:`Unreadable`) is for the caller to refuse first."""
-    if raw is None or raw is False or raw in (0, "") or is_zero_date(raw):
+    if raw is None or raw is False or raw in (0, "") or is_zero_date(raw) or raw is FOREVER:
         return False
     if isinstance(raw, Unreadable):
         raise Invalid(f"the soft-delete column cannot be read ({raw.what})")

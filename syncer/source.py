@@ -52,6 +52,7 @@ class Source:
         self.engine = engine or create_source_engine(config.url)
         self.dialect = self.engine.dialect.name
         self.soft_delete = capture.soft_delete_column
+        self.created = capture.created_column
         self.watermark = capture.watermark_column if capture.mode == "watermark" else None
         self.columns = list(columns)
         self.seed = seed
@@ -108,6 +109,15 @@ class Source:
 
     def _soft_expr(self) -> str:
         return self.q(self.soft_delete) if self.soft_delete else "NULL"
+
+    def _light_head(self, expr: str) -> str:
+        """What a read without the mapped values returns: key, row hash, soft-delete flag, and
+        ``[capture] created_column`` when there is one (who holds the key)."""
+        created = f", {self.q(self.created)}" if self.created else ""
+        return f"{self.pk}, {expr}, {self._soft_expr()}{created}"
+
+    def _created_of(self, mapped: Sequence[object]) -> object:
+        return mapped[self.columns.index(self.created)] if self.created else None
 
     # -- checks
 
@@ -210,7 +220,7 @@ class Source:
             + ([f"{self.pk} < {int(high)}"] if high is not None else []))
         where = f" WHERE {where}" if where else ""
         if expr is not None:
-            sql = (f"SELECT {self.pk}, {expr}, {self._soft_expr()} FROM {self.relation}{where} "
+            sql = (f"SELECT {self._light_head(expr)} FROM {self.relation}{where} "
                    f"ORDER BY {self.order_expr()}")
         else:
             cols = ", ".join(self.q(c) for c in self.columns)
@@ -222,12 +232,15 @@ class Source:
                     .exec_driver_sql(sql)
                 if expr is not None:
                     row_hash = self._row_hash
-                    for key, h, soft in result:
-                        if soft is None:
-                            yield RawRow(key, row_hash(h), False)
-                        else:
-                            deleted, unreadable = self._soft_flag(soft)
-                            yield RawRow(key, row_hash(h), deleted, None, unreadable)
+                    created = 3 if self.created else None
+                    for row in result:
+                        soft = row[2]
+                        if soft is None and created is None:
+                            yield RawRow(row[0], row_hash(row[1]), False)
+                            continue
+                        deleted, unreadable = self._soft_flag(soft)
+                        yield RawRow(row[0], row_hash(row[1]), deleted, None, unreadable,
+                                     row[created] if created else None)
                 else:
                     seed = self.seed
                     for row in result:
@@ -235,7 +248,7 @@ class Source:
                         soft = row[1]
                         deleted, unreadable = self._soft_flag(soft)
                         yield RawRow(row[0], py_row_hash(seed, row[0], (*values, soft)),
-                                     deleted, None, unreadable)
+                                     deleted, None, unreadable, self._created_of(values))
         except SQLAlchemyError as exc:
             raise SourceError(f"cannot scan {self.description}: {describe_error(exc)}") from exc
 
@@ -276,13 +289,18 @@ class Source:
         return f"{self.pk}, {expr or 'NULL'}, {self._soft_expr()}{cols}", expr is not None
 
     def _raw(self, row: Any, db_hash: bool, values: bool) -> RawRow:
-        mapped = row[3:3 + len(self.columns)]
+        """A row of :meth:`_select_head` (or of :meth:`_light_head` when the database hashes
+        and ``values`` is false)."""
         soft = row[2]
-        h = self._row_hash(row[1]) if db_hash else py_row_hash(self.seed, row[0], (*mapped, soft))
         deleted, unreadable = self._soft_flag(soft)
+        if db_hash and not values:
+            return RawRow(row[0], self._row_hash(row[1]), deleted, None, unreadable,
+                          row[3] if self.created else None)
+        mapped = row[3:3 + len(self.columns)]
+        h = self._row_hash(row[1]) if db_hash else py_row_hash(self.seed, row[0], (*mapped, soft))
         return RawRow(row[0], h, deleted,
                       dict(zip(self.columns, mapped, strict=True)) if values else None,
-                      unreadable)
+                      unreadable, self._created_of(mapped))
 
     def _soft_flag(self, value: object) -> tuple[bool, tuple[str, ...]]:
         """(deleted, unreadable columns) from the soft-delete column's value."""
@@ -298,7 +316,7 @@ class Source:
             return []
         head, db_hash = self._select_head()
         if not values and db_hash:
-            head = f"{self.pk}, {self.hash_expr()}, {self._soft_expr()}"
+            head = self._light_head(str(self.hash_expr()))
         sql = f"SELECT {head} FROM {self.relation} WHERE "
         out: list[RawRow] = []
         try:
@@ -320,7 +338,7 @@ class Source:
         rows whose column is NULL (or a MySQL zero date). Index-friendly statements, streamed."""
         head, db_hash = self._select_head()
         if db_hash:
-            head = f"{self.pk}, {self.hash_expr()}, {self._soft_expr()}"
+            head = self._light_head(str(self.hash_expr()))
         col = self.q(column)
         op = ">" if exclusive else ">="
         ranges = [f"{col} {op} :low" if low is not None else f"{col} IS NOT NULL"]

@@ -27,6 +27,7 @@ from syncer.errors import (
     RateLimited,
     RejectedError,
     RetriableError,
+    UserUnknown,
 )
 from syncer.mapping import Mapping
 from syncer.model import NORMAL, URGENT, Endpoint, Op, Outcome, RawRow, Status
@@ -273,7 +274,7 @@ def test_nachocode_answers(status: int, code: str | None, kind: type | None) -> 
       "message": "Provided key information not found."}, CredentialsRejected),
     # nachocode's envelope with another code: about this request (this user), not the keys
     ({"statusCode": 404, "path": "/api/app-user/v2", "code": "ERR-AB-USR-14",
-      "message": "User not found."}, RejectedError),
+      "message": "User not found."}, UserUnknown),
     # no envelope: not nachocode's API answering (a wrong base_url or path)
     ({"statusCode": 404, "message": "Cannot DELETE /api/app-user/v9", "error": "Not Found"},
      EndpointRefused),

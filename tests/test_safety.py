@@ -253,7 +253,8 @@ def test_postgresql_infinity_costs_only_its_row(pg_url: str, tmp_path: Path,
                               if k not in ("touched", "deleted_at")},
                            "since": "2026-01-01 10:00"} for i in range(1, 21)])
     execute(pg_url, "UPDATE users SET since = 'infinity' WHERE id = 2")
-    execute(pg_url, "UPDATE users SET deleted_at = 'infinity' WHERE id = 5")
+    execute(pg_url, "UPDATE users SET deleted_at = '-infinity' WHERE id = 5")
+    execute(pg_url, "UPDATE users SET deleted_at = 'infinity' WHERE id = 6")   # never deleted
     config = make_config(pg_url, f"sqlite:///{tmp_path / 'state.db'}",
                          mapping={"custom_user_properties": {"name": "name", "since": "since"}})
     out = _capture_logs()
@@ -263,7 +264,7 @@ def test_postgresql_infinity_costs_only_its_row(pg_url: str, tmp_path: Path,
     assert result.counts.problems["custom.since"] == 1
     user2 = sandbox_app.user("2")
     assert user2 is not None and "since" not in user2["custom_user_properties"]
-    assert sandbox_app.user("5") is None
+    assert sandbox_app.user("5") is None and sandbox_app.user("6") is not None
     assert "infinity" not in out.getvalue() + (result.message or "")
 
 
@@ -313,7 +314,8 @@ def test_outbox_knows_a_key_deleted_and_recreated_between_passes(
     config = make_config(source_url, f"sqlite:///{tmp_path / 'state.db'}",
                          capture={"mode": "outbox"})
     ob.install(config)
-    execute(source_url, "ALTER TABLE syncer_outbox DROP COLUMN deleted")   # as it used to be
+    for column in ("op", "txn", "urgent"):               # as an earlier version made it
+        execute(source_url, f"ALTER TABLE syncer_outbox DROP COLUMN {column}")
     ob.install(config)                                   # upgrades it
     assert once(config, sandbox_app).counts["updated"] == 10
     execute(source_url, "DELETE FROM users WHERE id = 5")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from syncer import normalize
-from syncer.mapping import Mapping
+from syncer.mapping import Mapping, identity_of
 from syncer.model import RawRow
 from syncer.normalize import Invalid
 from syncer.source import Source
@@ -44,6 +44,18 @@ class Candidates:
     @property
     def total(self) -> int:
         return len(self.deleted) + len(self.absent) + len(self.changed)
+
+    def take(self, ctx: CaptureContext, row: RawRow, state: ScanRow | None) -> None:
+        """A row that differs from what the state recorded: a deletion, or a change (and, when
+        ``created_column`` says another person holds the key now, a re-creation)."""
+        if row.deleted:
+            self.deleted.append(row.key)
+            self.count_deletion(ctx, state)
+            return
+        self.changed.append(row.key)
+        if replaced(ctx, row, state):
+            self.recreated.add(row.key)
+            self.count_deletion(ctx, state)
 
     def count_deletion(self, ctx: CaptureContext, state: ScanRow | None) -> None:
         """Weigh one deletion for the safety valve, early and cheaply (the pass weighs what it
@@ -131,11 +143,35 @@ def sort_rows(ctx: CaptureContext, rows: Iterable[RawRow], out: Candidates,
             if (st is not None and not st.dirty and row.row_hash is not None
                     and st.row_hash == row.row_hash):
                 continue
-            if row.deleted:
-                out.deleted.append(row.key)
-                out.count_deletion(ctx, st)
-            else:
-                out.changed.append(row.key)
+            out.take(ctx, row, st)
+
+
+def replaced(ctx: CaptureContext, row: RawRow, state: ScanRow | None) -> bool:
+    """``[capture] created_column`` names another person than the one syncer saw alive under
+    this key: the key was deleted and re-created."""
+    if state is None or state.gone or state.identity is None:
+        return False
+    column = ctx.mapping.created_column
+    now = identity_of(column, row.created) if column else None
+    return now is not None and now != state.identity
+
+
+def weigh_recreations(ctx: CaptureContext, out: Candidates) -> None:
+    """The re-created keys the outbox reported, weighed by the safety valve now (each means a
+    deletion and a withdrawal of the previous person): only those with a row now and a user
+    syncer saw alive count; the others are no re-creation at all."""
+    if not out.recreated:
+        return
+    present = [k for k in out.changed if k in out.recreated]
+    known = ctx.state.ledger.peek([uid for k in present
+                                   if (uid := normalize.user_id_or_none(k)) is not None])
+    kept: set[object] = set()
+    for key in present:
+        st = known.get(normalize.user_id_or_none(key) or "")
+        if st is not None and not st.gone:
+            kept.add(key)
+            out.count_deletion(ctx, st)
+    out.recreated = kept
 
 
 def sort_keys(ctx: CaptureContext, keys: Sequence[object], out: Candidates,

@@ -12,14 +12,23 @@ starts a pass within a second of a commit.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import structlog
 
-from syncer.capture import Candidates, CaptureContext, pending_keys, sort_keys
+from syncer import normalize
+from syncer.capture import (
+    Candidates,
+    CaptureContext,
+    pending_keys,
+    sort_keys,
+    weigh_recreations,
+)
 from syncer.capture.outbox_ddl import (
     CURSOR,
     OutboxNames,
+    claim,
     names,
     outbox_columns,
     schema_of,
@@ -29,6 +38,7 @@ from syncer.capture.snapshot import SnapshotCapture
 from syncer.clock import utcnow
 from syncer.config import CaptureConfig, SourceConfig
 from syncer.errors import ConfigError, SourceError
+from syncer.state import state_id
 
 log = structlog.get_logger("syncer.capture.outbox")
 
@@ -49,7 +59,8 @@ class OutboxCapture:
 
     def _n(self, ctx: CaptureContext) -> OutboxNames:
         if self._names is None:
-            self._names = names(ctx.source, self.capture, schema_of(ctx.source, self.source_config))
+            self._names = names(ctx.source, self.capture,
+                                schema_of(ctx.source, self.source_config), ctx.mapping)
         return self._names
 
     def check(self, ctx: CaptureContext) -> OutboxNames:
@@ -72,22 +83,32 @@ class OutboxCapture:
             out.commit = lambda: ctx.state.cursors.set(CURSOR, "snapshot taken", utcnow())
             out.position = {"outbox": "first pass: full snapshot"}
             return out
-        marked = self._marks_deletions(ctx, n)
-        rows = ctx.source.run(f"SELECT id, user_key, {'deleted' if marked else '0'} "
-                              f"FROM {n.outbox} ORDER BY id LIMIT {BATCH}")
+        upgraded = self._upgraded(ctx, n)
+        extra = "op, txn" if upgraded else "'U', NULL"
+        rows = ctx.source.run(f"SELECT id, user_key, {extra} FROM {n.outbox} "
+                              f"ORDER BY id LIMIT {BATCH}")
         ids = [r[0] for r in rows]
-        keys = [ctx.source.typed_key(k, k) for k in dict.fromkeys(r[1] for r in rows)]
         out = Candidates()
-        # a key deleted since the last pass whose row is there now: another person holds it
-        out.recreated = {ctx.source.typed_key(r[1], r[1]) for r in rows if r[2]}
+        keys: list[object] = []
+        for text in dict.fromkeys(r[1] for r in rows):
+            key = ctx.source.typed_key(text, text)
+            if normalize.user_id_or_none(key) is None:   # no user can be named by it
+                out.invalid.append((repr(text)[:64], "the outbox holds a key that cannot be a "
+                                                     "user id (not text, or empty)"))
+            else:
+                keys.append(key)
+        if ctx.mapping.created_column is None:   # else that column says who holds a key
+            out.recreated = {ctx.source.typed_key(k, k) for k in recreated_keys(rows)}
         seen: set[str] = set()
         sort_keys(ctx, pending_keys(ctx, out), out, seen)
         sort_keys(ctx, keys, out, seen)
+        weigh_recreations(ctx, out)
         out.scanned = len(rows)
         out.more = out.more or len(rows) == BATCH
         out.position = {"outbox_rows": len(rows), "distinct_users": len(keys)}
 
         def consume() -> None:
+            claim(ctx.source, n, state_id(ctx.state.cursors))
             for i in range(0, len(ids), 1000):
                 part = ", ".join(str(int(x)) for x in ids[i:i + 1000])
                 ctx.source.run(f"DELETE FROM {n.outbox} WHERE id IN ({part})")
@@ -95,12 +116,13 @@ class OutboxCapture:
         out.commit = consume if ids else None
         return out
 
-    def _marks_deletions(self, ctx: CaptureContext, n: OutboxNames) -> bool:
-        """Whether the outbox has the ``deleted`` column (an outbox installed by an earlier
-        version does not, until ``syncer outbox install`` runs again)."""
+    def _upgraded(self, ctx: CaptureContext, n: OutboxNames) -> bool:
+        """Whether the outbox has the columns of this version (``op``, ``txn``, ``urgent``): an
+        outbox installed by an earlier one has not, until ``syncer outbox install`` runs again.
+        Asked once per capture; a database error fails the pass (it never reads as "no")."""
         if self._marked is None:
             columns = outbox_columns(ctx.source, n)
-            self._marked = columns is not None and "deleted" in columns
+            self._marked = columns is not None and {"op", "txn", "urgent"} <= columns
         return self._marked
 
     def starts_with_snapshot(self, ctx: CaptureContext) -> bool:
@@ -112,15 +134,32 @@ class OutboxCapture:
         depth, oldest = rows[0]
         position: dict[str, object] = {"outbox_depth": int(depth),
                                        "oldest": None if oldest is None else str(oldest)}
-        if not self._marks_deletions(ctx, n):
-            position["outbox_upgrade"] = ("the outbox has no `deleted` column (an earlier "
-                                          "version): run `syncer outbox install` again so a "
-                                          "key deleted and re-created between passes is seen")
+        if not self._upgraded(ctx, n):
+            position["outbox_upgrade"] = ("the outbox was installed by an earlier version: run "
+                                          "`syncer outbox install` again so that a key deleted "
+                                          "and re-created between passes is seen, and urgent "
+                                          "changes go first")
         drift = watched_drift(ctx.source, n)
         if drift:
             position["triggers"] = (f"do not watch {', '.join(drift)}: run `syncer outbox "
                                     "install` again")
         return position
+
+
+def recreated_keys(rows: Sequence[Any]) -> set[str]:
+    """Keys deleted and then inserted again in another transaction: another person holds them
+    now. A deletion and an insertion in one transaction (MySQL's ``REPLACE``, an ORM that
+    deletes and re-inserts on save) is the same person. Rows are (id, key, op, txn), by id."""
+    deleted_in: dict[str, set[object]] = {}
+    out: set[str] = set()
+    for _id, key, op, txn in rows:
+        if op == "D":
+            deleted_in.setdefault(key, set()).add(txn)
+        elif op == "I" and key in deleted_in:
+            txns = deleted_in[key]
+            if txn is None or None in txns or txns != {txn}:
+                out.add(key)
+    return out
 
 
 # ----------------------------------------------------------------------------- NOTIFY

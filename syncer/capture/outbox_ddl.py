@@ -2,17 +2,18 @@
 PostgreSQL, MySQL/MariaDB and SQLite, running it, and reading back what is installed.
 
 The triggers leave the key of every inserted, updated (in a watched column) or deleted row in the
-outbox table, with ``deleted`` set for a deletion (or the old key of a key change); a NULL key is
-left out, and nothing they do can make the app's own write fail for a key it accepts. Installing
+outbox table, with what happened (``op``: I, U, D; the old key of a key change is a D), the
+transaction it happened in (``txn``), and whether it is ``urgent`` (a consent or the soft-delete
+column changed, or a deletion); a NULL key is left out, and nothing they do can make the app's own
+write fail for a key it accepts. Installing
 twice is harmless (it also upgrades an outbox of an earlier version), and the first pass after an
 install is a full snapshot.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import structlog
@@ -23,7 +24,7 @@ from syncer.clock import utcnow
 from syncer.config import CaptureConfig, Config, SourceConfig
 from syncer.databases import create_source_engine, describe_error
 from syncer.errors import ConfigError, SourceError
-from syncer.mapping import Mapping
+from syncer.mapping import CONSENTS, Mapping
 from syncer.source import Source
 
 log = structlog.get_logger("syncer.capture.outbox")
@@ -43,12 +44,16 @@ class OutboxNames:
     pk: str           # quoted key column
     watched: tuple[str, ...]  # quoted columns whose change matters
     schema: str | None = None  # unquoted schema of the outbox (None: the connection's default)
+    consumer: str = ""         # the table naming the state that consumes the outbox, quoted
+    consumer_bare: str = ""
+    urgent: tuple[str, ...] = ()  # quoted columns whose change is urgent (consents, deletion)
 
     def quoted_trigger(self, suffix: str, q: Callable[[str], str]) -> str:
         return q(f"{self.trigger}_{suffix}")
 
 
-def names(source: Source, capture: CaptureConfig, schema: str | None) -> OutboxNames:
+def names(source: Source, capture: CaptureConfig, schema: str | None,
+          mapping: Mapping | None = None) -> OutboxNames:
     if source.config.table is None:
         raise ConfigError('[capture] mode = "outbox" needs [source] table (triggers go on a '
                           "table, not on a query)")
@@ -69,7 +74,20 @@ def names(source: Source, capture: CaptureConfig, schema: str | None) -> OutboxN
         pk=q(source.config.primary_key),
         watched=tuple(q(c) for c in dict.fromkeys(watched)),
         schema=schema,
+        consumer=prefix + q(f"{outbox}_consumer"),
+        consumer_bare=f"{outbox}_consumer",
+        urgent=tuple(q(c) for c in urgent_columns(capture, mapping)),
     )
+
+
+def urgent_columns(capture: CaptureConfig, mapping: Mapping | None) -> list[str]:
+    """The columns whose change the trigger marks urgent: a consent (it may be withdrawn) and
+    the soft-delete column (a deletion); a deleted row is always urgent."""
+    columns = [col for name, col in (mapping.user_properties.items() if mapping else ())
+               if name in CONSENTS]
+    if capture.soft_delete_column:
+        columns.append(capture.soft_delete_column)
+    return list(dict.fromkeys(columns))
 
 
 def channel_name(outbox_table: str) -> str:
@@ -108,115 +126,146 @@ def mysql_key_type(data_type: str | None) -> str:
     return "LONGBLOB"
 
 
-def install_sql(n: OutboxNames, q: Callable[[str], str],
-                key_type: str = MYSQL_TEXT_KEY, add_deleted: bool = False) -> list[str]:
+# The outbox's columns beside the key: what happened (I, U, D), in which transaction (a deletion
+# and an insertion of one key in one transaction, such as MySQL's REPLACE, is the same person),
+# and whether it is urgent (a consent or the soft-delete column changed, or a deletion).
+OUTBOX_COLUMNS: Final = {
+    "postgresql": {"op": "char(1) NOT NULL DEFAULT 'U'", "txn": "text",
+                   "urgent": "smallint NOT NULL DEFAULT 0"},
+    "mysql": {"op": "CHAR(1) NOT NULL DEFAULT 'U'", "txn": "VARCHAR(64)",
+              "urgent": "SMALLINT NOT NULL DEFAULT 0"},
+    "sqlite": {"op": "TEXT NOT NULL DEFAULT 'U'", "txn": "TEXT",
+               "urgent": "INTEGER NOT NULL DEFAULT 0"},
+}
+_TXN: Final = {"postgresql": "txid_current()::text",
+               "mysql": "CONCAT(CONNECTION_ID(), ':', NOW(6))", "sqlite": "NULL"}
+
+
+def _family(dialect: str) -> str:
+    return "mysql" if dialect in ("mysql", "mariadb") else dialect
+
+
+def install_sql(n: OutboxNames, q: Callable[[str], str], key_type: str = MYSQL_TEXT_KEY,
+                missing: tuple[str, ...] = ()) -> list[str]:
     """The DDL; ``key_type`` is the MySQL/MariaDB type of ``user_key`` (see
-    :func:`mysql_key_type`). A NULL key is left out: it cannot name a user. ``deleted`` marks
-    the rows left by a deletion (or by the old key of a key change), so that a key deleted and
-    re-created between two passes is known to be another person; ``add_deleted`` adds that
-    column to an outbox installed by an earlier version."""
-    upgrade = ([f"ALTER TABLE {n.outbox} ADD COLUMN deleted SMALLINT NOT NULL DEFAULT 0"]
-               if add_deleted else [])
-    create, *rest = _install_sql(n, q, key_type)
-    return [create, *upgrade, *rest]
+    :func:`mysql_key_type`). A NULL key is left out: it cannot name a user. ``missing`` are the
+    columns an outbox installed by an earlier version lacks (added first)."""
+    family = _family(n.dialect)
+    upgrade = [f"ALTER TABLE {n.outbox} ADD COLUMN {col} {OUTBOX_COLUMNS[family][col]}"
+               for col in missing]
+    create, *rest = {"postgresql": _postgres, "mysql": _mysql, "sqlite": _sqlite}[family](
+        n, q, key_type)
+    consumer = (f"CREATE TABLE IF NOT EXISTS {n.consumer} (state_id VARCHAR(64) PRIMARY KEY)"
+                + (" ENGINE=InnoDB" if family == "mysql" else ""))
+    return [create, *upgrade, consumer, *rest]
 
 
-def _install_sql(n: OutboxNames, q: Callable[[str], str], key_type: str) -> list[str]:
-    if n.dialect == "postgresql":
-        changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in n.watched)
-        body = f"""
+def _create_table(n: OutboxNames, ident: str, key: str, created: str, tail: str = "") -> str:
+    columns = OUTBOX_COLUMNS[_family(n.dialect)]
+    extra = "".join(f",\n    {col} {ddl}" for col, ddl in columns.items())
+    return (f"CREATE TABLE IF NOT EXISTS {n.outbox} (\n    {ident},\n    user_key {key},\n"
+            f"    created_at {created}{extra}\n){tail}")
+
+
+def _row(n: OutboxNames, key: str, op: str, urgent: str) -> str:
+    """The INSERT of one outbox row for the key column ``key`` (``NEW.id``, ``OLD.id``); a NULL
+    key is left out."""
+    family = _family(n.dialect)
+    text = f"{key}::text" if family == "postgresql" else key
+    values = f"{text}, '{op}', {_TXN[family]}, {urgent}"
+    source = " FROM DUAL" if family == "mysql" else ""
+    return (f"INSERT INTO {n.outbox} (user_key, op, txn, urgent) SELECT {values}{source} "
+            f"WHERE {key} IS NOT NULL")
+
+
+def _urgent(n: OutboxNames, differs: Callable[[str], str]) -> str:
+    if not n.urgent:
+        return "0"
+    return f"CASE WHEN {' OR '.join(differs(c) for c in n.urgent)} THEN 1 ELSE 0 END"
+
+
+def _postgres(n: OutboxNames, q: Callable[[str], str], key_type: str) -> list[str]:
+    changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in n.watched)
+    urgent = _urgent(n, lambda c: f"OLD.{c} IS DISTINCT FROM NEW.{c}")
+    body = f"""
 BEGIN
     IF TG_OP = 'DELETE' THEN
-        IF OLD.{n.pk} IS NOT NULL THEN
-            INSERT INTO {n.outbox} (user_key, deleted) VALUES (OLD.{n.pk}::text, 1);
-        END IF;
+        {_row(n, f"OLD.{n.pk}", "D", "1")};
+    ELSIF TG_OP = 'INSERT' THEN
+        {_row(n, f"NEW.{n.pk}", "I", "0")};
     ELSE
-        IF NEW.{n.pk} IS NOT NULL THEN
-            INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk}::text);
-        END IF;
-        IF TG_OP = 'UPDATE' AND NEW.{n.pk} IS DISTINCT FROM OLD.{n.pk}
-                AND OLD.{n.pk} IS NOT NULL THEN
-            INSERT INTO {n.outbox} (user_key, deleted) VALUES (OLD.{n.pk}::text, 1);
+        {_row(n, f"NEW.{n.pk}", "U", urgent)};
+        IF NEW.{n.pk} IS DISTINCT FROM OLD.{n.pk} THEN
+            {_row(n, f"OLD.{n.pk}", "D", "1")};
         END IF;
     END IF;
     PERFORM pg_notify('{n.channel}', '');
     RETURN NULL;
 END
 """
-        return [
-            f"""CREATE TABLE IF NOT EXISTS {n.outbox} (
-    id bigserial PRIMARY KEY,
-    user_key text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    deleted smallint NOT NULL DEFAULT 0
-)""",
-            f"""CREATE OR REPLACE FUNCTION {n.function}() RETURNS trigger
+    return [
+        _create_table(n, "id bigserial PRIMARY KEY", "text NOT NULL",
+                      "timestamptz NOT NULL DEFAULT now()"),
+        f"""CREATE OR REPLACE FUNCTION {n.function}() RETURNS trigger
 LANGUAGE plpgsql AS {dollar_quote(body)}""",
-            f"DROP TRIGGER IF EXISTS {n.quoted_trigger('ins', q)} ON {n.table}",
-            f"CREATE TRIGGER {n.quoted_trigger('ins', q)} AFTER INSERT ON {n.table} "
-            f"FOR EACH ROW EXECUTE FUNCTION {n.function}()",
-            f"DROP TRIGGER IF EXISTS {n.quoted_trigger('upd', q)} ON {n.table}",
-            f"CREATE TRIGGER {n.quoted_trigger('upd', q)} AFTER UPDATE OF "
-            f"{', '.join(n.watched)} ON {n.table} FOR EACH ROW WHEN ({changed}) "
-            f"EXECUTE FUNCTION {n.function}()",
-            f"DROP TRIGGER IF EXISTS {n.quoted_trigger('del', q)} ON {n.table}",
-            f"CREATE TRIGGER {n.quoted_trigger('del', q)} AFTER DELETE ON {n.table} "
-            f"FOR EACH ROW EXECUTE FUNCTION {n.function}()",
-        ]
-    if n.dialect in ("mysql", "mariadb"):
-        # BINARY: a case-only change must count even under a case-insensitive collation.
-        same = " AND ".join(f"BINARY OLD.{c} <=> BINARY NEW.{c}" for c in n.watched)
-        return [
-            f"""CREATE TABLE IF NOT EXISTS {n.outbox} (
-    id BIGINT AUTO_INCREMENT PRIMARY KEY,
-    user_key {key_type} NOT NULL,
-    created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-    deleted SMALLINT NOT NULL DEFAULT 0
-) ENGINE=InnoDB""",
-            # an outbox installed by an earlier version had VARCHAR(255)
-            f"ALTER TABLE {n.outbox} MODIFY user_key {key_type} NOT NULL",
-            f"DROP TRIGGER IF EXISTS {n.quoted_trigger('ins', q)}",
-            f"CREATE TRIGGER {n.quoted_trigger('ins', q)} AFTER INSERT ON {n.table} FOR EACH ROW "
-            f"INSERT INTO {n.outbox} (user_key) SELECT NEW.{n.pk} FROM DUAL "
-            f"WHERE NEW.{n.pk} IS NOT NULL",
-            f"DROP TRIGGER IF EXISTS {n.quoted_trigger('upd', q)}",
-            f"""CREATE TRIGGER {n.quoted_trigger('upd', q)} AFTER UPDATE ON {n.table} FOR EACH ROW
+        f"DROP TRIGGER IF EXISTS {n.quoted_trigger('ins', q)} ON {n.table}",
+        f"CREATE TRIGGER {n.quoted_trigger('ins', q)} AFTER INSERT ON {n.table} "
+        f"FOR EACH ROW EXECUTE FUNCTION {n.function}()",
+        f"DROP TRIGGER IF EXISTS {n.quoted_trigger('upd', q)} ON {n.table}",
+        f"CREATE TRIGGER {n.quoted_trigger('upd', q)} AFTER UPDATE OF "
+        f"{', '.join(n.watched)} ON {n.table} FOR EACH ROW WHEN ({changed}) "
+        f"EXECUTE FUNCTION {n.function}()",
+        f"DROP TRIGGER IF EXISTS {n.quoted_trigger('del', q)} ON {n.table}",
+        f"CREATE TRIGGER {n.quoted_trigger('del', q)} AFTER DELETE ON {n.table} "
+        f"FOR EACH ROW EXECUTE FUNCTION {n.function}()",
+    ]
+
+
+def _mysql(n: OutboxNames, q: Callable[[str], str], key_type: str) -> list[str]:
+    # BINARY: a case-only change must count even under a case-insensitive collation.
+    same = " AND ".join(f"BINARY OLD.{c} <=> BINARY NEW.{c}" for c in n.watched)
+    urgent = _urgent(n, lambda c: f"NOT (BINARY OLD.{c} <=> BINARY NEW.{c})")
+    return [
+        _create_table(n, "id BIGINT AUTO_INCREMENT PRIMARY KEY", f"{key_type} NOT NULL",
+                      "TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)", " ENGINE=InnoDB"),
+        # an outbox installed by an earlier version had VARCHAR(255)
+        f"ALTER TABLE {n.outbox} MODIFY user_key {key_type} NOT NULL",
+        f"DROP TRIGGER IF EXISTS {n.quoted_trigger('ins', q)}",
+        f"CREATE TRIGGER {n.quoted_trigger('ins', q)} AFTER INSERT ON {n.table} FOR EACH ROW "
+        + _row(n, f"NEW.{n.pk}", "I", "0"),
+        f"DROP TRIGGER IF EXISTS {n.quoted_trigger('upd', q)}",
+        f"""CREATE TRIGGER {n.quoted_trigger('upd', q)} AFTER UPDATE ON {n.table} FOR EACH ROW
 BEGIN
     IF NOT ({same}) THEN
-        IF NEW.{n.pk} IS NOT NULL THEN
-            INSERT INTO {n.outbox} (user_key) VALUES (NEW.{n.pk});
-        END IF;
-        IF NOT (BINARY OLD.{n.pk} <=> BINARY NEW.{n.pk}) AND OLD.{n.pk} IS NOT NULL THEN
-            INSERT INTO {n.outbox} (user_key, deleted) VALUES (OLD.{n.pk}, 1);
+        {_row(n, f"NEW.{n.pk}", "U", urgent)};
+        IF NOT (BINARY OLD.{n.pk} <=> BINARY NEW.{n.pk}) THEN
+            {_row(n, f"OLD.{n.pk}", "D", "1")};
         END IF;
     END IF;
 END""",
-            f"DROP TRIGGER IF EXISTS {n.quoted_trigger('del', q)}",
-            f"CREATE TRIGGER {n.quoted_trigger('del', q)} AFTER DELETE ON {n.table} FOR EACH ROW "
-            f"INSERT INTO {n.outbox} (user_key, deleted) SELECT OLD.{n.pk}, 1 FROM DUAL "
-            f"WHERE OLD.{n.pk} IS NOT NULL",
-        ]
+        f"DROP TRIGGER IF EXISTS {n.quoted_trigger('del', q)}",
+        f"CREATE TRIGGER {n.quoted_trigger('del', q)} AFTER DELETE ON {n.table} FOR EACH ROW "
+        + _row(n, f"OLD.{n.pk}", "D", "1"),
+    ]
+
+
+def _sqlite(n: OutboxNames, q: Callable[[str], str], key_type: str) -> list[str]:
     same = " AND ".join(f"OLD.{c} IS NEW.{c}" for c in n.watched)
+    urgent = _urgent(n, lambda c: f"OLD.{c} IS NOT NEW.{c}")
     return [
-        f"""CREATE TABLE IF NOT EXISTS {n.outbox} (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user_key TEXT NOT NULL,
-    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    deleted INTEGER NOT NULL DEFAULT 0
-)""",
+        _create_table(n, "id INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT NOT NULL",
+                      "TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"),
         f"DROP TRIGGER IF EXISTS {n.quoted_trigger('ins', q)}",
         f"CREATE TRIGGER {n.quoted_trigger('ins', q)} AFTER INSERT ON {n.table} BEGIN "
-        f"INSERT INTO {n.outbox} (user_key) SELECT NEW.{n.pk} WHERE NEW.{n.pk} IS NOT NULL; END",
+        f"{_row(n, f'NEW.{n.pk}', 'I', '0')}; END",
         f"DROP TRIGGER IF EXISTS {n.quoted_trigger('upd', q)}",
         f"CREATE TRIGGER {n.quoted_trigger('upd', q)} AFTER UPDATE OF {', '.join(n.watched)} "
         f"ON {n.table} WHEN NOT ({same}) BEGIN "
-        f"INSERT INTO {n.outbox} (user_key) SELECT NEW.{n.pk} WHERE NEW.{n.pk} IS NOT NULL; "
-        f"INSERT INTO {n.outbox} (user_key, deleted) SELECT OLD.{n.pk}, 1 "
-        f"WHERE OLD.{n.pk} IS NOT NEW.{n.pk} AND OLD.{n.pk} IS NOT NULL; END",
+        f"{_row(n, f'NEW.{n.pk}', 'U', urgent)}; "
+        f"{_row(n, f'OLD.{n.pk}', 'D', '1')} AND OLD.{n.pk} IS NOT NEW.{n.pk}; END",
         f"DROP TRIGGER IF EXISTS {n.quoted_trigger('del', q)}",
         f"CREATE TRIGGER {n.quoted_trigger('del', q)} AFTER DELETE ON {n.table} BEGIN "
-        f"INSERT INTO {n.outbox} (user_key, deleted) SELECT OLD.{n.pk}, 1 "
-        f"WHERE OLD.{n.pk} IS NOT NULL; END",
+        f"{_row(n, f'OLD.{n.pk}', 'D', '1')}; END",
     ]
 
 
@@ -229,6 +278,7 @@ def uninstall_sql(n: OutboxNames, q: Callable[[str], str]) -> list[str]:
     if n.dialect == "postgresql":
         drops.append(f"DROP FUNCTION IF EXISTS {n.function}()")
     drops.append(f"DROP TABLE IF EXISTS {n.outbox}")
+    drops.append(f"DROP TABLE IF EXISTS {n.consumer}")
     return drops
 
 
@@ -252,27 +302,32 @@ def schema_of(source: Source, config: SourceConfig) -> str | None:
 
 def _statements(config: Config, uninstall: bool) -> tuple[Source, list[str]]:
     source = _source_for(config)
-    n = names(source, config.capture, schema_of(source, config.source))
+    n = names(source, config.capture, schema_of(source, config.source),
+              Mapping.for_config(config, bytes(16)))
     if uninstall:
         return source, uninstall_sql(n, source.q)
     key_type = MYSQL_TEXT_KEY
     if n.dialect in ("mysql", "mariadb"):
         key_type = mysql_key_type(_mysql_data_type(source, config.source))
     columns = outbox_columns(source, n)
-    return source, install_sql(n, source.q, key_type,
-                               add_deleted=columns is not None and "deleted" not in columns)
+    missing = tuple(c for c in OUTBOX_COLUMNS[_family(n.dialect)]
+                    if columns is not None and c not in columns)
+    return source, install_sql(n, source.q, key_type, missing)
 
 
 def outbox_columns(source: Source, n: OutboxNames) -> set[str] | None:
-    """The outbox table's columns, or None when it does not exist (yet)."""
+    """The outbox table's columns, or None when it does not exist (yet).
+
+    :raises SourceError: the database could not be asked."""
     try:
         with source.connect() as conn:
             insp = inspect(conn)
             if not insp.has_table(n.outbox_bare, schema=n.schema):
                 return None
             return {str(c["name"]) for c in insp.get_columns(n.outbox_bare, schema=n.schema)}
-    except SQLAlchemyError:
-        return None
+    except SQLAlchemyError as exc:
+        raise SourceError(f"cannot read the outbox table {n.outbox_bare}: "
+                          f"{describe_error(exc)}") from exc
 
 
 def _mysql_data_type(source: Source, config: SourceConfig) -> str | None:
@@ -343,40 +398,31 @@ def _forget_position(config: Config) -> None:
         store.close()
 
 
-def consumed(source: Source, n: OutboxNames) -> bool | None:
-    """Whether rows were taken out of the outbox: ids were handed out below the lowest id left,
-    or the table is empty though its id counter moved. syncer is the outbox's only consumer, so
-    a state took them. None when the database does not say (no right to read the sequence, no
-    such table)."""
-    try:
-        lowest = source.scalar(f"SELECT min(id) FROM {n.outbox}")
-        if n.dialect == "postgresql":
-            rows = source.run(
-                "SELECT s.start_value, s.last_value, "
-                "has_sequence_privilege(c.oid, 'SELECT, USAGE') "
-                "FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace "
-                "JOIN pg_sequences s ON s.schemaname = ns.nspname AND s.sequencename = c.relname "
-                "WHERE c.oid = pg_get_serial_sequence(:t, 'id')::regclass", {"t": n.outbox})
-            if not rows or not rows[0][2]:
-                return None
-            first, used = int(rows[0][0]), rows[0][1] is not None
-        elif n.dialect in ("mysql", "mariadb"):
-            # SHOW CREATE TABLE gives the live counter (MySQL 8 caches information_schema's);
-            # it leaves AUTO_INCREMENT= out while the counter has not moved.
-            definition = str(source.run(f"SHOW CREATE TABLE {n.outbox}")[0][1])
-            found = re.search(r"AUTO_INCREMENT=(\d+)", definition)
-            first = int(source.scalar("SELECT @@auto_increment_increment") or 1)
-            used = found is not None and int(found.group(1)) > 1
-        else:
-            seq = source.scalar("SELECT seq FROM sqlite_sequence WHERE name = :t",
-                                {"t": n.outbox_bare})
-            first, used = 1, bool(seq)
-    except SourceError as exc:
-        log.debug("outbox.sequence_unknown", error=str(exc)[:200])
+def consumers(source: Source, n: OutboxNames) -> set[str] | None:
+    """The states that took rows out of this outbox (each records its id when it does); None
+    when the outbox predates that record (``syncer outbox install`` again adds it).
+
+    :raises SourceError: the database failed."""
+    if outbox_columns(source, replace(n, outbox=n.consumer, outbox_bare=n.consumer_bare)) is None:
         return None
-    if lowest is None:
-        return used
-    return int(lowest) > first
+    return {str(r[0]) for r in source.run(f"SELECT state_id FROM {n.consumer}")}
+
+
+def claim(source: Source, n: OutboxNames, state_id: str) -> None:
+    """Record that the state ``state_id`` takes rows out of this outbox (a new, empty state is
+    then refused: it would send every user again). Nothing happens for an outbox of an earlier
+    version, which has no such record."""
+    try:
+        source.run(f"DELETE FROM {n.consumer} WHERE state_id <> :id", {"id": state_id})
+        mysql = _family(n.dialect) == "mysql"
+        value = "CAST(:id AS CHAR(64))" if mysql else "CAST(:id AS VARCHAR(64))"
+        dual = " FROM DUAL" if mysql else ""
+        source.run(f"INSERT INTO {n.consumer} (state_id) SELECT {value}{dual} WHERE NOT EXISTS "
+                   f"(SELECT 1 FROM {n.consumer} WHERE state_id = :id)", {"id": state_id})
+    except SourceError as exc:   # an outbox of an earlier version, or no right to write there
+        log.warning("outbox.claim_failed", error=str(exc)[:200],
+                    hint="run `syncer outbox install` again, or GRANT INSERT, DELETE on the "
+                         "outbox's _consumer table to the reader")
 
 
 def watched_drift(source: Source, n: OutboxNames) -> list[str]:

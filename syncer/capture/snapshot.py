@@ -26,13 +26,14 @@ def _next(it: Iterator[Any]) -> Any:
     return next(it, None)
 
 
-def merge(source_rows: Iterator[RawRow], state_rows: Iterator[ScanRow], kind: KeyKind,
-          out: Candidates, ctx: CaptureContext,
-          on_missing: Callable[[list[ScanRow]], None]) -> None:
+def merge(
+        source_rows: Iterator[RawRow], state_rows: Iterator[ScanRow], kind: KeyKind,
+        out: Candidates, ctx: CaptureContext,
+        on_missing: Callable[[list[ScanRow]], None]) -> None:
     """Walk both ordered streams once. Fills ``out.changed``/``out.deleted``/``out.invalid``;
     hands known users not seen in the source to ``on_missing`` in chunks, to be confirmed."""
     missing: list[ScanRow] = []
-    changed, deleted, invalid = out.changed, out.deleted, out.invalid
+    invalid = out.invalid
     by_int = kind is KeyKind.INT
     st: ScanRow | None = _next(state_rows)
     scanned = 0
@@ -73,11 +74,7 @@ def merge(source_rows: Iterator[RawRow], state_rows: Iterator[ScanRow], kind: Ke
             if src.row_hash == matched.row_hash and not matched.dirty \
                     and src.row_hash is not None:
                 continue
-        if src.deleted:
-            deleted.append(key)
-            out.count_deletion(ctx, matched)
-        else:
-            changed.append(key)
+        out.take(ctx, src, matched)
     while st is not None:
         lost(st)
         st = _next(state_rows)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from sqlalchemy import types as satypes
 
 from syncer.capture import Candidates, CaptureContext, pending_keys, sort_keys, sort_rows
 from syncer.capture.snapshot import SnapshotCapture
@@ -123,6 +124,17 @@ class WatermarkCapture:
         col = ctx.source.q(self.column)
         return ctx.source.scalar(f"SELECT MAX({col}) FROM {ctx.source.relation}")
 
+    def _horizon_applies(self, ctx: CaptureContext, sample: object) -> bool:
+        """PostgreSQL with a timestamp column: the cursor is held below the oldest open
+        transaction. The column's type decides (a DATE or text column compares as such, even in
+        an empty table); a query source has no types, so its values do."""
+        if ctx.source.dialect != "postgresql":
+            return False
+        col_type = ctx.source.column_types.get(self.column)
+        if col_type is not None:
+            return isinstance(col_type, satypes.DateTime)
+        return isinstance(sample, dt.datetime)
+
     def _start(self, ctx: CaptureContext) -> tuple[object, Horizon | None]:
         """Where to start: the newest value in the table, held below any open transaction
         (PostgreSQL) and never ahead of the database's clock."""
@@ -130,8 +142,7 @@ class WatermarkCapture:
         if newest is not None and not isinstance(newest, str) and comparable(newest) is None:
             newest = None   # e.g. 'infinity': no time to start from
         horizon = None
-        if ctx.source.dialect == "postgresql" and (newest is None or
-                                                   isinstance(newest, dt.datetime)):
+        if self._horizon_applies(ctx, newest):
             horizon = pg_horizon(ctx.source, self._aware(ctx, newest))
             if newest is None or before(horizon.value, newest):
                 return horizon.value, horizon
@@ -153,7 +164,7 @@ class WatermarkCapture:
             return out
         cursor = Cursor.decode(stored)
         horizon = None
-        if ctx.source.dialect == "postgresql" and isinstance(cursor.value, dt.datetime | None):
+        if self._horizon_applies(ctx, cursor.value):
             horizon = pg_horizon(ctx.source, self._aware(ctx, cursor.value))
         low, exclusive = cursor.low(self.lookback)
         out = Candidates()
@@ -239,7 +250,7 @@ class WatermarkCapture:
             return {"watermark": "none yet (the first pass is a full snapshot)"}
         cursor = Cursor.decode(stored)
         horizon = None
-        if ctx.source.dialect == "postgresql" and isinstance(cursor.value, dt.datetime | None):
+        if self._horizon_applies(ctx, cursor.value):
             horizon = pg_horizon(ctx.source, self._aware(ctx, cursor.value))
         position = self._describe(cursor, cursor.low(self.lookback)[0], horizon)
         position["index"] = index_used(ctx.source, self.column)

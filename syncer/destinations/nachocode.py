@@ -17,7 +17,7 @@ from syncer.destinations import (
     refused,
 )
 from syncer.destinations import classify as classify_answer
-from syncer.errors import CredentialsRejected, DeliveryError, HeldBack, RejectedError
+from syncer.errors import CredentialsRejected, DeliveryError, HeldBack, UserUnknown
 from syncer.model import Endpoint, Op
 
 WHO: Final = "nachocode"
@@ -54,7 +54,7 @@ def _own(answer: Answer) -> Reading:
         # from the API at all (a wrong base_url or path).
         if code is None:
             return refused(answer, WHO, "[nachocode] base_url")
-        return RejectedError(f"nachocode answered 404: {message_of(answer.body)}")
+        return UserUnknown(f"nachocode answered 404: {message_of(answer.body)}")
     if answer.status == 403:
         return HeldBack(
             f"nachocode cannot withdraw users for this app (403 {code or 'no code'}): the app "

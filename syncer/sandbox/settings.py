@@ -50,7 +50,7 @@ class Faults:
     seed: int | None = None  # seed of the random draws (None: unpredictable)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, object]) -> Faults:
+    def from_json(cls, data: Mapping[str, object]) -> Faults:  # noqa: PLR0912 - one per fault
         """Build faults from a JSON object; missing keys take their defaults.
 
         Raises ValueError naming the offending key.

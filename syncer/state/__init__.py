@@ -10,9 +10,10 @@ Two implementations of each: :mod:`syncer.state.sql` (SQLite or PostgreSQL, the 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from syncer.model import KeyKind, UserState, UserWrite
 from syncer.results import PassCounts, PassKind, PassOutcome
@@ -28,6 +29,7 @@ class ScanRow:
     gone: bool
     dirty: bool
     source_key: str | None = None
+    identity: int | None = None   # of ``[capture] created_column``, as last seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +186,18 @@ class Cursors(Protocol):
     def get_meta(self, name: str) -> str | None: ...
 
     def set_meta(self, name: str, value: str) -> None: ...
+
+
+STATE_ID: Final = "state_id"
+
+
+def state_id(cursors: Cursors) -> str:
+    """This state's own id (made at first use): what it records where it consumes an outbox."""
+    found = cursors.get_meta(STATE_ID)
+    if found is None:
+        found = uuid.uuid4().hex
+        cursors.set_meta(STATE_ID, found)
+    return found
 
 
 class StateStore(Protocol):

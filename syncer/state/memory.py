@@ -24,6 +24,7 @@ class _User:
     dirty_since: dt.datetime | None = None
     seen_alive: bool = False
     identity: int | None = None
+    recreating: bool = False
     deliveries: dict[str, tuple[Delivered, dt.datetime]] = field(default_factory=dict)
     quarantine: dict[str, QuarantineRow] = field(default_factory=dict)
     q_fingerprints: dict[str, bytes] = field(default_factory=dict)
@@ -82,7 +83,7 @@ class MemoryLedger:
 
     @staticmethod
     def _scan_row(uid: str, u: _User) -> ScanRow:
-        return ScanRow(uid, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key)
+        return ScanRow(uid, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key, u.identity)
 
     def lookup(self, user_ids: Sequence[str]) -> dict[str, UserState]:
         out: dict[str, UserState] = {}
@@ -96,7 +97,7 @@ class MemoryLedger:
                 {d: Quarantine(d, u.q_fingerprints[d], q.reason, u.q_transient.get(d, False),
                                q.last_attempt)
                  for d, q in u.quarantine.items()},
-                u.seen_alive, u.identity,
+                u.seen_alive, u.identity, u.recreating,
             )
         return out
 
@@ -127,7 +128,7 @@ class MemoryLedger:
             u.key_int, u.source_key, u.row_hash = w.key_int, w.source_key, w.row_hash
             u.dirty_since = (u.dirty_since if u.dirty else None) or now if w.dirty else None
             u.gone, u.dirty, u.updated_at = w.gone, w.dirty, now
-            u.seen_alive, u.identity = w.seen_alive, w.identity
+            u.seen_alive, u.identity, u.recreating = w.seen_alive, w.identity, w.recreating
             for dest, d in w.deliveries.items():
                 if d is None:
                     u.deliveries.pop(dest, None)

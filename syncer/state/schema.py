@@ -39,6 +39,7 @@ users = Table(
     Column("dirty_since", DateTime, nullable=True),   # 0002
     Column("seen_alive", Boolean, nullable=False),    # 0003: the source once gave it alive
     Column("identity", BigInteger, nullable=True),    # 0003: hash of [capture] created_column
+    Column("recreating", Boolean, nullable=False),    # 0003: the previous person's deletion owed
 )
 Index("ix_syncer_users_key_int", users.c.key_int, users.c.user_id, users.c.row_hash,
       users.c.gone, users.c.dirty)

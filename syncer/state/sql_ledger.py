@@ -24,6 +24,15 @@ _IN_CHUNK = 500
 DESTINATIONS = (BLUX, NACHOCODE)
 
 
+_U = t.users.c
+# What the merge and the capture need of a user (ScanRow), in its field order.
+_SCAN = (_U.user_id, _U.key_int, _U.row_hash, _U.gone, _U.dirty, _U.source_key, _U.identity)
+
+
+def _scan_row(r: Any) -> ScanRow:
+    return ScanRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], r[6])
+
+
 def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -42,7 +51,7 @@ class SqlLedger(SqlPart):
 
     def scan(self, kind: KeyKind) -> Iterator[ScanRow]:
         u = t.users.c
-        cols = [u.user_id, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key]
+        cols = _SCAN
         if kind is KeyKind.INT:
             queries = [select(*cols).where(u.key_int.is_not(None)).order_by(u.key_int),
                        select(*cols).where(u.key_int.is_(None)).order_by(self._binary(u.user_id))]
@@ -54,20 +63,19 @@ class SqlLedger(SqlPart):
                     result = conn.execution_options(stream_results=True, yield_per=10_000) \
                         .execute(query)
                     for row in result:
-                        yield ScanRow(row[0], row[1], row[2], bool(row[3]), bool(row[4]), row[5])
+                        yield _scan_row(row)
         except SQLAlchemyError as exc:
             raise StateError(f"state database (scan): {brief(exc)}") from exc
 
     def scan_range(self, low: int | None, high: int | None) -> Iterator[ScanRow]:
         u = t.users.c
-        query = select(u.user_id, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key) \
-            .where(u.key_int.is_not(None)).order_by(u.key_int)
+        query = select(*_SCAN).where(u.key_int.is_not(None)).order_by(u.key_int)
         if low is not None:
             query = query.where(u.key_int >= low)
         if high is not None:
             query = query.where(u.key_int < high)
         rows = self._run("scan", lambda c: c.execute(query).all())
-        return iter([ScanRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5]) for r in rows])
+        return iter([_scan_row(r) for r in rows])
 
     def boundaries(self, every: int) -> list[int]:
         sql = text("SELECT key_int FROM (SELECT key_int, row_number() OVER (ORDER BY key_int) "
@@ -113,7 +121,8 @@ class SqlLedger(SqlPart):
                     base[row.user_id] = {"row_hash": row.row_hash, "gone": bool(row.gone),
                                          "dirty": bool(row.dirty), "deliveries": {},
                                          "quarantine": {}, "seen_alive": bool(row.seen_alive),
-                                         "identity": row.identity}
+                                         "identity": row.identity,
+                                         "recreating": bool(row.recreating)}
                 for d in conn.execute(select(t.deliveries).where(
                         t.deliveries.c.destination.in_(DESTINATIONS),
                         t.deliveries.c.user_id.in_(part))):
@@ -133,23 +142,20 @@ class SqlLedger(SqlPart):
 
     def peek(self, user_ids: Sequence[str]) -> dict[str, ScanRow]:
         u = t.users.c
-        cols = (u.user_id, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key)
 
         def get(conn: Connection) -> dict[str, ScanRow]:
             out: dict[str, ScanRow] = {}
             for part in _chunks(list(user_ids)):
-                for r in conn.execute(select(*cols).where(u.user_id.in_(part))):
-                    out[r[0]] = ScanRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5])
+                for r in conn.execute(select(*_SCAN).where(u.user_id.in_(part))):
+                    out[r[0]] = _scan_row(r)
             return out
 
         return dict(self._run("peek", get))
 
     def dirty_users(self, limit: int) -> list[ScanRow]:
         u = t.users.c
-        query = select(u.user_id, u.key_int, u.row_hash, u.gone, u.dirty, u.source_key) \
-            .where(u.dirty).order_by(u.updated_at).limit(limit)
-        return list(self._run("dirty", lambda c: [
-            ScanRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5]) for r in c.execute(query)]))
+        query = select(*_SCAN).where(u.dirty).order_by(u.updated_at).limit(limit)
+        return list(self._run("dirty", lambda c: [_scan_row(r) for r in c.execute(query)]))
 
     def forget_row_hashes(self, user_ids: Sequence[str]) -> None:
         def go(conn: Connection) -> None:
@@ -175,13 +181,13 @@ class SqlLedger(SqlPart):
             "user_id": w.user_id, "key_int": w.key_int, "source_key": w.source_key,
             "row_hash": w.row_hash, "gone": w.gone, "dirty": w.dirty,
             "first_seen": now, "updated_at": now, "dirty_since": now if w.dirty else None,
-            "seen_alive": w.seen_alive, "identity": w.identity,
+            "seen_alive": w.seen_alive, "identity": w.identity, "recreating": w.recreating,
         } for w in writes]
         ins: Any = (postgresql.insert(t.users) if self._dialect == "postgresql"
                     else sqlite.insert(t.users))
         columns: dict[str, Any] = {c: ins.excluded[c] for c in
                                    ("key_int", "source_key", "row_hash", "gone", "dirty",
-                                    "updated_at", "seen_alive", "identity")}
+                                    "updated_at", "seen_alive", "identity", "recreating")}
         # still waiting: since when it first waited, not since the last attempt
         columns["dirty_since"] = case(
             (ins.excluded.dirty, func.coalesce(t.users.c.dirty_since, ins.excluded.dirty_since)),
@@ -339,5 +345,5 @@ def _waiting() -> Any:
 
 def _blank() -> dict[str, Any]:
     return {"row_hash": None, "gone": False, "dirty": False, "deliveries": {}, "quarantine": {},
-            "seen_alive": False, "identity": None}
+            "seen_alive": False, "identity": None, "recreating": False}
 
