@@ -358,3 +358,29 @@ def test_async_limiter_paces_and_pauses() -> None:
     times = asyncio.run(go())
     assert all(b - a >= 1.06 / 20 - 1e-9 for a, b in itertools.pairwise(times))
     assert times[20] - times[19] >= 5 - 1e-9
+
+
+def test_nachocode_404s_about_users_never_block_the_endpoint() -> None:
+    """Users nachocode does not know (a 404 with a user code) are quarantined one by one; ten
+    of them in a row are not the endpoint refusing everything."""
+    unknown = {str(i) for i in range(12)}
+
+    def not_found(request: httpx.Request, _n: int) -> httpx.Response | None:
+        if json.loads(request.content)["userId"] in unknown:
+            return httpx.Response(404, json={"statusCode": 404, "path": "/api/app-user/v2",
+                                             "code": "ERR-AB-USR-14",
+                                             "message": "User not found."}, request=request)
+        return None
+
+    outcomes, d = deliver([withdraw(i) for i in range(15)],
+                          Recorder(mock_transport(app()), not_found), max_in_flight=1)
+    assert statuses(outcomes) == {Status.QUARANTINED: 12, Status.DELIVERED: 3}
+    assert not d.report().held
+
+
+def test_a_flaky_api_gets_nobody_quarantined() -> None:
+    """An API that fails 60% of all requests at random: nobody is the cause, so nobody is
+    quarantined; what does not get through stays pending."""
+    outcomes, _ = deliver([upsert(i) for i in range(600)], mock_transport(app(error_rate=0.6)))
+    assert Status.QUARANTINED not in statuses(outcomes)
+    assert statuses(outcomes)[Status.DELIVERED] > 0

@@ -3,10 +3,12 @@ users, odd values a real database hands back, and the safety valve on what is re
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -335,3 +337,200 @@ def test_outbox_knows_a_key_deleted_and_recreated_between_passes(
     third = once(config, sandbox_app)
     assert third.counts["updated"] == 1 and "recreated" not in third.counts
     assert sandbox_app.snapshot()["withdrawn_user_ids"] == ["5"]
+
+
+# ----------------------------------------------------------------------------- from the review
+
+
+def _recreate_five(src: str) -> None:
+    execute(src, "DELETE FROM users WHERE id = 5")
+    insert_users(src, [user_row(5, name="someone else", phone=None, email=None,
+                                created_at="2026-12-04 09:00:00")])
+
+
+def _created_at_table(tmp_path: Path, n: int = 20) -> str:
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src)
+    execute(src, "ALTER TABLE users ADD COLUMN created_at VARCHAR(40)")
+    insert_users(src, [user_row(i, created_at="2026-01-01 10:00:00") for i in range(1, n + 1)])
+    return src
+
+
+@pytest.mark.parametrize("refusing", ["blux.delete", "nachocode.withdraw"])
+def test_a_recreation_is_finished_even_when_a_deletion_fails_first(
+        tmp_path: Path, sandbox_app: SandboxApp, refusing: str) -> None:
+    """The previous person's deletion fails (5xx at Blux, 403 at nachocode) in the pass that
+    found the re-creation: it is owed until it lands, and the new person is sent only then."""
+    from syncer.pipeline import run_pass
+    from syncer.runtime import Runtime
+    from syncer.sandbox import mock_transport
+
+    from .helpers import Recorder
+
+    src = _created_at_table(tmp_path)
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}",
+                         capture={"created_column": "created_at"})
+    assert once(config, sandbox_app).outcome == "ok"
+    _recreate_five(src)
+
+    def refuse(request: httpx.Request, _n: int) -> httpx.Response | None:
+        if refusing == "blux.delete" and request.url.path.endswith("/delete/bulk"):
+            return httpx.Response(500, json={"message": "down"}, request=request)
+        if refusing == "nachocode.withdraw" and "app-user" in request.url.path:
+            return httpx.Response(403, json={"statusCode": 403, "path": "/api/app-user/v2",
+                                             "code": "ERR-AB-ACS-21", "message": "no"},
+                                  request=request)
+        return None
+
+    rt = Runtime(config, transport=Recorder(mock_transport(sandbox_app), refuse))
+    try:
+        failing = run_pass(rt)
+    finally:
+        rt.close()
+    assert failing.outcome == "partial" and failing.counts["recreated"] == 1
+    for _ in range(3):                      # the API is back
+        once(config, sandbox_app)
+    user = sandbox_app.user("5")
+    assert user is not None and "phone_number" not in user["user_properties"]
+    assert user["custom_user_properties"]["name"] == "someone else"
+    assert "5" in sandbox_app.snapshot()["withdrawn_user_ids"]
+    assert requests(once(config, sandbox_app)) == {}
+
+
+def test_a_valve_stop_for_recreations_sends_no_deletion_at_any_pass(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    src = _created_at_table(tmp_path, 2000)
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}",   # examined 100 at a time
+                         capture={"created_column": "created_at"}, source={"chunk_size": 100})
+    assert once(config, sandbox_app).outcome == "ok"
+    execute(src, "UPDATE users SET created_at = '2026-12-04 00:00:00', name = 'restored'")
+    for _ in range(3):
+        tripped = once(config, sandbox_app)
+        assert tripped.outcome == "valve", tripped.message
+        assert "no deletion was sent" in (tripped.message or "")
+    snap = sandbox_app.snapshot()
+    assert snap["deleted_user_ids"] == [] and snap["withdrawn_user_ids"] == []
+
+
+def test_the_same_person_in_another_time_zone_or_with_a_new_key_is_not_recreated(
+        pg_schema: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    """created_column as timestamptz: the session's time zone changes how the value is
+    written, not who holds the key; a new fingerprint key changes nothing either."""
+    from syncer import commands
+    from syncer.sandbox import mock_transport
+
+    from .helpers import pg_url_for
+
+    utc = pg_url_for(pg_schema)
+    create_users_table(utc)
+    execute(utc, "ALTER TABLE users ADD COLUMN created_at timestamptz")
+    insert_users(utc, [user_row(i, created_at="2026-01-01 10:00:00+00") for i in range(1, 31)])
+    config = make_config(utc, f"sqlite:///{tmp_path / 'state.db'}",
+                         capture={"created_column": "created_at"})
+    assert once(config, sandbox_app).counts["updated"] == 30
+    seoul = utc + "%20-cTimeZone%3DAsia/Seoul"
+    execute(utc, "UPDATE users SET name = 'renamed' WHERE id <= 3")
+    moved = once(make_config(seoul, f"sqlite:///{tmp_path / 'state.db'}",
+                             capture={"created_column": "created_at"}), sandbox_app)
+    assert moved.counts["updated"] == 3 and "recreated" not in moved.counts
+    again = commands.resync(config, None, new_key=True, transport=mock_transport(sandbox_app))
+    assert again.result is not None and "recreated" not in again.result.counts
+    assert sandbox_app.snapshot()["deleted_user_ids"] == []
+
+
+def test_created_column_may_not_be_the_watermark_column(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="created_column"):
+        make_config("sqlite:///x.db", "sqlite:///s.db",
+                    capture={"mode": "watermark", "watermark_column": "updated_at",
+                             "created_column": "updated_at"})
+
+
+def test_mysql_replace_is_the_same_person(mysql_url: str, tmp_path: Path,
+                                           sandbox_app: SandboxApp) -> None:
+    """REPLACE deletes and inserts in one statement: the same person saving a profile. A delete
+    and a later insert in another transaction is another person."""
+    from syncer.capture import outbox_ddl as ob
+
+    create_users_table(mysql_url)
+    insert_users(mysql_url, [user_row(i) for i in range(1, 11)])
+    config = make_config(mysql_url, f"sqlite:///{tmp_path / 'state.db'}",
+                         capture={"mode": "outbox"})
+    ob.install(config)
+    assert once(config, sandbox_app).counts["updated"] == 10
+    execute(mysql_url, "REPLACE INTO users (id, name, phone, email, marketing, sms, points) "
+                       "VALUES (7, 'saved again', '010-1234-5678', 'u7@example.com', 1, 'Y', 7)")
+    saved = once(config, sandbox_app)
+    assert saved.counts["updated"] == 1 and "recreated" not in saved.counts
+    assert saved.counts["deleted"] == 0 and saved.counts["withdrawn"] == 0
+    execute(mysql_url, "DELETE FROM users WHERE id = 8")
+    insert_users(mysql_url, [user_row(8, name="another person", phone=None)])
+    other = once(config, sandbox_app)
+    assert other.counts["recreated"] == 1 and other.counts["withdrawn"] == 1
+    assert sandbox_app.snapshot()["withdrawn_user_ids"] == ["8"]
+
+
+def test_a_postgres_date_watermark_in_an_empty_table_reads_todays_rows(
+        pg_url: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    from .helpers import create_table
+
+    create_table(pg_url, ts_type="DATE")
+    config = make_config(pg_url, f"sqlite:///{tmp_path / 'state.db'}",
+                         capture={"mode": "watermark", "watermark_column": "updated_at",
+                                  "lookback_seconds": 0})
+    assert once(config, sandbox_app).outcome == "ok"          # empty: nothing yet
+    insert_users(pg_url, [{**user_row(i), "updated_at": dt.date.today()}
+                          for i in range(1, 6)])
+    assert once(config, sandbox_app).counts["updated"] == 5
+
+
+def test_a_key_that_cannot_be_read_in_the_outbox_costs_only_itself(
+        tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    from syncer.capture import outbox_ddl as ob
+
+    src = f"sqlite:///{tmp_path / 'app.db'}"
+    create_users_table(src, key_type="TEXT")
+    insert_users(src, [user_row(i, id=f"u{i}") for i in range(1, 6)])
+    config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}", capture={"mode": "outbox"})
+    ob.install(config)
+    once(config, sandbox_app)
+    execute(src, "INSERT INTO syncer_outbox (user_key) VALUES (CAST(X'ff' AS TEXT))")
+    execute(src, "UPDATE users SET name = 'changed' WHERE id = 'u3'")
+    result = once(config, sandbox_app)
+    assert result.counts["updated"] == 1 and result.counts["invalid_keys"] == 1
+    assert once(config, sandbox_app).outcome == "ok"          # the outbox was consumed
+
+
+def test_infinity_as_the_soft_delete_default_means_alive(pg_url: str, tmp_path: Path,
+                                                         sandbox_app: SandboxApp) -> None:
+    execute(pg_url, """CREATE TABLE users (
+        id BIGINT PRIMARY KEY, name VARCHAR(100), phone VARCHAR(40), email VARCHAR(200),
+        marketing INTEGER, sms VARCHAR(8), points NUMERIC(12, 2),
+        deleted_at timestamptz NOT NULL DEFAULT 'infinity')""")
+    insert_users(pg_url, [{k: v for k, v in user_row(i).items()
+                           if k not in ("touched", "deleted_at")} for i in range(1, 31)])
+    config = make_config(pg_url, f"sqlite:///{tmp_path / 'state.db'}")
+    first = once(config, sandbox_app)
+    assert first.outcome == "ok" and first.counts["updated"] == 30
+    execute(pg_url, "UPDATE users SET deleted_at = now() WHERE id = 4")
+    assert once(config, sandbox_app).counts["withdrawn"] == 1
+
+
+def test_a_rolled_back_write_never_makes_a_first_run_look_like_a_second(
+        pg_url: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    from syncer import commands
+    from syncer.capture import outbox_ddl as ob
+    from syncer.sandbox import mock_transport
+
+    create_users_table(pg_url)
+    insert_users(pg_url, [user_row(i) for i in range(1, 6)])
+    config = make_config(pg_url, f"sqlite:///{tmp_path / 'state.db'}",
+                         capture={"mode": "outbox"})
+    ob.install(config)
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        tx = conn.begin()
+        conn.execute(sa.text("UPDATE users SET name = 'never' WHERE id = 1"))
+        tx.rollback()
+    engine.dispose()
+    first = commands.once(config, transport=mock_transport(sandbox_app))
+    assert first.outcome == "ok" and first.counts["updated"] == 5
