@@ -73,6 +73,20 @@ class NullObserver:
         pass
 
 
+# How unlikely a user's own failures must be, were the API failing at random at the rate the
+# other requests saw, before that user is taken for the cause.
+BY_CHANCE = 0.01
+
+
+def the_cause(accepted: int, failed: int, tries: int) -> bool:
+    """Whether ``tries`` failures in a row of one user's request are beyond chance, when the
+    endpoint accepted ``accepted`` other requests and failed ``failed`` others meanwhile (a
+    flaky API fails anybody now and then). The failure rate is estimated with one success and
+    one failure added, so that a handful of requests is weak evidence. Pure."""
+    rate = (failed + 1) / (failed + accepted + 2)
+    return accepted > 0 and rate ** tries < BY_CHANCE
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryReport:
     """What a pass's delivery came to, beside the outcome of each operation."""
@@ -416,9 +430,8 @@ class Deliverer:
                                         failing_since=batch.failing_since,
                                         own_failures=batch.own_failures))
             return
-        # A user is taken for the cause only while the endpoint takes most requests: a flaky
-        # API fails anybody now and then.
-        if len(batch.ops) == 1 and batch.narrowing and accepted and accepted >= failed:
+        if len(batch.ops) == 1 and batch.narrowing and the_cause(accepted, failed,
+                                                                 batch.attempts):
             why = (f"{error} at every try ({batch.attempts}), while the other users of its "
                    "batch were accepted; tried again in an hour (`syncer retry` sends it "
                    "now)")

@@ -96,9 +96,12 @@ class App:
 
 
 def converge(config: Any, app: SandboxApp, reconcile: bool = False) -> None:
-    """Faults off; ordinary passes until one has nothing to do (and a reconcile if asked)."""
+    """Faults off, an hour later (a user quarantined for 5xx of its own is tried again then);
+    ordinary passes until one has nothing to do (and a reconcile if asked)."""
     app.faults.error_rate = app.faults.hang_rate = 0.0
     app.faults.nachocode_disabled = False
+    execute(config.state.url, "UPDATE syncer_quarantine SET last_attempt = "
+                              "datetime(last_attempt, '-2 hours') WHERE transient")
     rt = Runtime(config, transport=mock_transport(app))
     try:
         if reconcile:
