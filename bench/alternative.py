@@ -20,7 +20,8 @@ import httpx
 import sqlalchemy as sa
 
 from bench.common import MAPPING, config, save, seed_users
-from syncer.pipeline import Runtime, run_pass
+from syncer.pipeline import run_pass
+from syncer.runtime import Runtime
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, SandboxServer
 
 

@@ -3,7 +3,7 @@ HTTP answering every request in 200 ms, at the documented rate limits.
 
 Reports the share of the rate limit in use while the backlog drains (requests sent per second
 between the first and the last, over the documented 20/s) and the highest count the API saw in
-any 1-second window. Targets (product.md): at least 90% of the limit; never above it.
+any 1-second window. Targets: at least 90% of the limit; never above it.
 
     python -m bench.backlog [--users 20000] [--latency 0.2]
 """
@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from bench.common import config, save, seed_users
-from syncer.pipeline import Runtime, run_pass
+from syncer.pipeline import run_pass
+from syncer.runtime import Runtime
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, SandboxServer
 
 

@@ -7,7 +7,7 @@ accepts any rate), then, each in a fresh process so memory is measured alone:
   Python and does nothing else;
 * syncer: ``syncer once --reconcile``'s pass (run_pass(reconcile=True)) with nothing changed.
 
-Target (product.md): syncer within 1.5x of the floor (the aim is to beat it), peak RSS under
+Target: syncer within 1.5x of the floor (the aim is to beat it), peak RSS under
 150 MB and flat as the table grows, zero API calls.
 
     python -m bench.reconcile [--users 1000000] [--users 2000000] [--runs 3]
@@ -47,7 +47,8 @@ def floor_worker(url: str) -> dict[str, Any]:
 
 
 def syncer_worker(url: str, state: str) -> dict[str, Any]:
-    from syncer.pipeline import Runtime, run_pass
+    from syncer.pipeline import run_pass
+    from syncer.runtime import Runtime
     from syncer.sandbox import mock_transport
 
     app = fast_sandbox()
@@ -68,11 +69,13 @@ def syncer_worker(url: str, state: str) -> dict[str, Any]:
 def in_process(kind: str, *args: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, "-m", "bench.reconcile", "--worker", kind, *args],
                          capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def load(url: str, state: str) -> float:
-    from syncer.pipeline import Runtime, run_pass
+    from syncer.pipeline import run_pass
+    from syncer.runtime import Runtime
     from syncer.sandbox import mock_transport
 
     rt = Runtime(config(url, state, blux={"update_rate": 10_000, "max_in_flight": 8}),

@@ -23,7 +23,8 @@ from pydantic import (
 
 from syncer.secret import Secret, redact_url, url_secrets
 
-# Documented limits (shared/api): more than this per request is refused by the API.
+# Documented limits (the Blux and nachocode API documents): more than this per request is
+# refused by the API.
 BLUX_UPDATE_MAX_BATCH: Final = 100
 BLUX_DELETE_MAX_BATCH: Final = 3000
 BLUX_UPDATE_RATE: Final = 20.0

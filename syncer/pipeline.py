@@ -426,4 +426,4 @@ def plan_pass(rt: Runtime, *, reconcile: bool = False,
                              progress=progress).run())
 
 
-__all__ = ["PassResult", "Progress", "Runtime", "plan_pass", "run_pass"]
+__all__ = ["Progress", "plan_pass", "run_pass"]

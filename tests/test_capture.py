@@ -15,7 +15,8 @@ from syncer.capture import outbox_ddl as ob
 from syncer.capture.watermark_cursor import decode, encode, shift
 from syncer.config import Config
 from syncer.errors import ConfigError
-from syncer.pipeline import PassResult, Runtime
+from syncer.results import PassResult
+from syncer.runtime import Runtime
 from syncer.sandbox import SandboxApp, mock_transport
 
 from .helpers import (
@@ -191,7 +192,8 @@ def test_watermark_never_loses_a_long_transaction_on_postgres(
     rt = Runtime(config)
     position = rt.capture(False).position(rt.ctx)
     rt.close()
-    assert position["held_by_open_transaction"]["state"] == "idle in transaction"
+    held = position["held_by_open_transaction"]
+    assert isinstance(held, dict) and held["state"] == "idle in transaction"
     slow_tx.commit()
     slow.close()
     engine.dispose()

@@ -19,7 +19,7 @@ import pytest
 from syncer import commands
 from syncer.daemon import Daemon
 from syncer.model import RawRow
-from syncer.pipeline import Runtime
+from syncer.runtime import Runtime
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, SandboxServer, mock_transport
 from syncer.sdnotify import Notifier
 from syncer.source import Source
@@ -126,7 +126,7 @@ class HangingSource(Source):
     release = threading.Event()
     hanging = threading.Event()
 
-    def hash_scan(self) -> Iterator[RawRow]:
+    def hash_scan(self, low: int | None = None, high: int | None = None) -> Iterator[RawRow]:
         if not HangingSource.release.is_set():
             HangingSource.hanging.set()
             HangingSource.release.wait(60)

@@ -1,4 +1,4 @@
-"""Delivery against the sandbox (in-process): batching, priorities, and every fault of item 7."""
+"""Delivery against the sandbox (in-process): batching, priorities, and every fault of an API."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ from syncer import logs
 from syncer.daemon import Daemon
 from syncer.demo import run_demo
 from syncer.errors import SyncerError
-from syncer.pipeline import Runtime, run_pass
+from syncer.pipeline import run_pass
+from syncer.runtime import Runtime
 from syncer.sandbox import SandboxApp, mock_transport
 from syncer.secret import redact_url
 

@@ -12,7 +12,9 @@ import pytest
 
 from syncer.configfile import load
 from syncer.errors import SourceError, SyncerError
-from syncer.pipeline import Runtime, run_pass
+from syncer.model import Endpoint
+from syncer.pipeline import run_pass
+from syncer.runtime import Runtime
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, mock_transport
 from syncer.source import Source
 
@@ -225,7 +227,7 @@ def test_a_failed_state_write_keeps_its_rows_for_the_next_attempt(
     config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}")
     state = FlakyState(SqlStateStore.from_url(config.state.url))
     state.down = 1                      # the recorder's first write fails, later ones succeed
-    rt = Runtime(config, state=state, transport=mock_transport(sandbox_app))   # type: ignore[arg-type]
+    rt = Runtime(config, state=state, transport=mock_transport(sandbox_app))
     try:
         first = run_pass(rt)
         assert first.outcome == "ok" and first.counts["updated"] == 300
@@ -250,7 +252,7 @@ def test_outbox_rows_stay_when_the_state_could_not_record_the_pass(
     config = make_config(src, f"sqlite:///{tmp_path / 'state.db'}", capture={"mode": "outbox"})
     ob.install(config)
     state = FlakyState(SqlStateStore.from_url(config.state.url))
-    rt = Runtime(config, state=state, transport=mock_transport(sandbox_app))   # type: ignore[arg-type]
+    rt = Runtime(config, state=state, transport=mock_transport(sandbox_app))
     try:
         run_pass(rt)
         run_pass(rt)
@@ -472,7 +474,7 @@ def test_a_nachocode_404_about_one_user_quarantines_that_user_only(
         rt.close()
     assert result.outcome == "partial" and result.exit_code == 1 and not result.credentials
     assert result.counts["withdrawn"] == 3 and result.counts["deleted"] == 4
-    assert result.counts.quarantined["nachocode.withdraw"] == 1
+    assert result.counts.quarantined[Endpoint.NACHOCODE_WITHDRAW] == 1
     from syncer import commands
 
     (row,) = commands.status(config).quarantined
@@ -490,6 +492,6 @@ def test_a_wrong_nachocode_base_url_is_not_read_as_bad_keys(
     result = once(wrong, sandbox_app)   # the sandbox answers 404 "no such route"
     assert result.outcome == "partial" and not result.credentials
     assert result.counts.get("quarantined", 0) == 0
-    assert result.counts.pending["nachocode.withdraw"] == 4
+    assert result.counts.pending[Endpoint.NACHOCODE_WITHDRAW] == 4
     assert "base_url" in (result.message or "")
     assert once(make_config(src, state), sandbox_app).counts["withdrawn"] == 4

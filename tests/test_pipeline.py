@@ -9,7 +9,9 @@ import pytest
 
 from syncer import commands
 from syncer.model import Endpoint
-from syncer.pipeline import Runtime, plan_pass
+from syncer.pipeline import plan_pass
+from syncer.results import PassKind
+from syncer.runtime import Runtime
 from syncer.sandbox import SandboxApp, mock_transport
 
 from .helpers import (
@@ -158,7 +160,7 @@ def test_plan_sends_and_records_nothing(tmp_path: Path, sandbox_app: SandboxApp)
         rt.close()
     assert result.outcome == "dry-run" and result.plan is not None
     assert result.plan.ops == {"blux.update": 250}
-    assert result.plan.calls["blux.update"] == 3
+    assert result.plan.calls[Endpoint.BLUX_UPDATE] == 3
     assert result.plan.estimated_seconds == pytest.approx(3 / 1000)
     sample = result.plan.samples[0]
     assert sample.reason == "new" and sample.fields["custom.name"] == "user 1"
@@ -295,7 +297,7 @@ def test_each_pass_keeps_the_pass_history_within_keep_passes(
     store = SqlStateStore.from_url(state)
     try:
         for _ in range(150):   # a busy history
-            store.passes.start("incremental", "snapshot", dt.datetime(2026, 1, 1), "h:1")
+            store.passes.start(PassKind.INCREMENTAL, "snapshot", dt.datetime(2026, 1, 1), "h:1")
         last = once(config, sandbox_app)
         passes = store.passes.recent(1000)
     finally:

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from syncer import logs
 from syncer.capture import outbox_ddl as ob
-from syncer.pipeline import Runtime, run_pass
+from syncer.pipeline import run_pass
+from syncer.runtime import Runtime
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, mock_transport
 
 from .helpers import create_users_table, execute, expected_blux, make_config, pg_url_for

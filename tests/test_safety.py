@@ -85,7 +85,7 @@ def test_a_soft_delete_column_that_deletes_everyone_is_refused(tmp_path: Path,
 
 def requests_made(app: SandboxApp) -> int:
     snap = app.snapshot()
-    return sum(int(v["total"]) for v in snap["requests"].values())  # type: ignore[index]
+    return sum(int(v["total"]) for v in snap["requests"].values())
 
 
 # ----------------------------------------------------------------------------- the valve
@@ -276,7 +276,8 @@ def test_postgresql_infinity_costs_only_its_row(pg_url: str, tmp_path: Path,
 def test_a_user_the_api_keeps_failing_is_quarantined_and_tried_again_later(
         tmp_path: Path, sandbox_app: SandboxApp) -> None:
     from syncer import commands
-    from syncer.pipeline import Runtime, run_pass
+    from syncer.pipeline import run_pass
+    from syncer.runtime import Runtime
     from syncer.sandbox import mock_transport
 
     from .helpers import Recorder, failing_for

@@ -34,7 +34,7 @@ import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 from urllib.parse import unquote
 
 from syncer.sandbox.documents import (
@@ -188,7 +188,7 @@ class SandboxApp:
         with self._lock:
             self._clear()
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return self._snapshot()
 
@@ -197,7 +197,7 @@ class SandboxApp:
         with self._lock:
             return set(self._applied)
 
-    def user(self, user_id: str) -> dict[str, object] | None:
+    def user(self, user_id: str) -> dict[str, Any] | None:
         """One user of the Blux mirror (cheap, unlike ``snapshot`` on a large mirror)."""
         with self._lock:
             u = self._users.get(user_id)
@@ -206,7 +206,7 @@ class SandboxApp:
             return {"user_properties": copy.deepcopy(u.user_properties),
                     "custom_user_properties": copy.deepcopy(u.custom_user_properties)}
 
-    def _snapshot(self) -> dict[str, object]:
+    def _snapshot(self) -> dict[str, Any]:
         stats = self._stats
         return {
             "users": {
