@@ -32,27 +32,37 @@ def _quiet_logs() -> None:
     logs.configure("warning", json=True)
 
 
-@pytest.fixture(scope="session")
-def pg_admin() -> Iterator[sa.Engine]:
-    engine = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+def _admin(url: str, what: str) -> Iterator[sa.Engine]:
+    """A connection to a test server for creating schemas and databases (or a skip, or in CI
+    a failure, naming the server)."""
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
-        _unavailable("PostgreSQL at 127.0.0.1:5432", exc)
+        _unavailable(what, exc)
     yield engine
     engine.dispose()
 
 
-@pytest.fixture
-def pg_schema(pg_admin: sa.Engine) -> Iterator[str]:
-    """A fresh schema in the `test` database; the URL that uses it is `pg_url`."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[sa.Engine]:
+    yield from _admin(PG_ADMIN, "PostgreSQL at 127.0.0.1:5432")
+
+
+def _schema(pg_admin: sa.Engine, prefix: str) -> Iterator[str]:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with pg_admin.connect() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
     yield name
     with pg_admin.connect() as conn:
         conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
+
+
+@pytest.fixture
+def pg_schema(pg_admin: sa.Engine) -> Iterator[str]:
+    """A fresh schema in the `test` database; the URL that uses it is `pg_url`."""
+    yield from _schema(pg_admin, "t")
 
 
 @pytest.fixture
@@ -62,24 +72,14 @@ def pg_url(pg_schema: str) -> str:
 
 @pytest.fixture
 def pg_state_url(pg_admin: sa.Engine) -> Iterator[str]:
-    name = f"s_{uuid.uuid4().hex[:12]}"
-    with pg_admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
-    yield pg_url_for(name)
-    with pg_admin.connect() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
+    """A fresh schema for a PostgreSQL state."""
+    for name in _schema(pg_admin, "s"):
+        yield pg_url_for(name)
 
 
 @pytest.fixture(scope="session")
 def mysql_admin() -> Iterator[sa.Engine]:
-    engine = sa.create_engine(MYSQL_ADMIN, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except Exception as exc:
-        _unavailable("MariaDB/MySQL at 127.0.0.1:3306", exc)
-    yield engine
-    engine.dispose()
+    yield from _admin(MYSQL_ADMIN, "MariaDB/MySQL at 127.0.0.1:3306")
 
 
 @pytest.fixture
