@@ -50,7 +50,7 @@ def main() -> None:
         latencies = []
         try:
             wait(lambda: daemon.passes >= 2 and daemon.listener is not None
-                 and daemon.listener.connected.is_set(), timeout=900)
+                 and daemon.listener.watching.is_set(), timeout=900)
             for i in range(args.samples):
                 uid = 1 + i * 7
                 name = f"changed {i}"

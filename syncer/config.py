@@ -130,6 +130,9 @@ class CaptureConfig(_Model):
 class ScheduleConfig(_Model):
     interval_seconds: float = Field(default=30.0, gt=0)
     max_pass_seconds: float = Field(default=600.0, gt=0)
+    # How often the outbox is looked at for new rows (outbox mode): a burst of commits within
+    # it wakes one pass, which then shares requests.
+    gather_seconds: float = Field(default=0.25, gt=0, le=1.0)
 
 
 class StateConfig(_Model):

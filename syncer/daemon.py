@@ -1,7 +1,7 @@
 """The daemon (``syncer run``): what lets a team leave syncer alone for months.
 
 * **Passes**: APScheduler 3 runs a pass every ``interval_seconds`` and a reconcile on
-  ``reconcile_cron``; in outbox mode on PostgreSQL a NOTIFY starts one at once. Passes never
+  ``reconcile_cron``; in outbox mode a new outbox row starts one at once. Passes never
   overlap, and a pass longer than ``max_pass_seconds`` leaves the rest to the next.
 * **One sender**: the instance holding the sender lock sends; another stands by, says so, and
   takes over within seconds when the first stops or dies.
@@ -28,8 +28,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from syncer import lock as sender_lock
-from syncer.capture.outbox import NotifyListener
-from syncer.capture.outbox_ddl import channel_name
+from syncer.capture.outbox import OutboxCapture, OutboxWatcher
 from syncer.commands import open_runtime
 from syncer.config import Config, parse_listen
 from syncer.databases import STATEMENT_TIMEOUT_SECONDS
@@ -61,7 +60,7 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.lock = lock
         self.scheduler: BackgroundScheduler | None = None
-        self.listener: NotifyListener | None = None
+        self.listener: OutboxWatcher | None = None
         self.last_result: PassResult | None = None
         self.passes = 0
         self.role = "starting"
@@ -151,7 +150,7 @@ class Daemon:
                 f"{dt.datetime.now(dt.UTC):%H:%M:%S}Z" + (f" ({sent})" if sent else ""))
 
     def wake(self) -> None:
-        """Start a pass as soon as possible (a NOTIFY arrived); a burst of them within a few
+        """Start a pass as soon as possible (the outbox moved); a burst of them within a few
         milliseconds, or during a pass, makes one more pass."""
         self._wake.set()
         scheduler = self.scheduler
@@ -162,7 +161,7 @@ class Daemon:
     # ------------------------------------------------------------------ leadership
 
     def lead(self) -> None:
-        """Start sending: the interval and reconcile jobs, and the NOTIFY listener."""
+        """Start sending: the interval and reconcile jobs, and the outbox watcher."""
         if self.rt is None:
             self.rt = open_runtime(self.config, new_state=self.new_state)
             self.rt.observer = self.metrics
@@ -182,11 +181,10 @@ class Daemon:
                                    coalesce=True, misfire_grace_time=3600)
         self.scheduler.start()
         capture = self.config.capture
-        if (capture.mode == "outbox" and capture.listen_notify
-                and self.rt.source.dialect == "postgresql"):
-            self.listener = NotifyListener(self.config.source.url,
-                                           channel_name(capture.outbox_table), self.wake,
-                                           self._term)
+        outbox = self.rt.capture(reconcile=False)
+        if isinstance(outbox, OutboxCapture) and capture.listen_notify:
+            self.listener = outbox.watcher(self.rt.ctx, self.wake, self._term,
+                                           self.config.schedule.gather_seconds)
             self.listener.start()
         log.info("daemon.leading", mode=capture.mode, interval_seconds=interval,
                  reconcile_cron=cron)

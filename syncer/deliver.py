@@ -145,6 +145,7 @@ class Deliverer:
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting: set[asyncio.Task[None]] = set()
+        self._pacing: set[asyncio.Task[object]] = set()   # sends waiting for their slot
 
     # -- lifecycle
 
@@ -210,7 +211,7 @@ class Deliverer:
         self._accepting = False
         for lane in self._lanes.values():
             self._drop_queue(lane, reason)
-        for task in [*self._workers, *self._waiting]:
+        for task in [*self._workers, *self._waiting, *self._pacing]:
             task.cancel()
 
     # -- internals
@@ -269,29 +270,39 @@ class Deliverer:
             except asyncio.CancelledError:
                 self._resolve(batch.ops, Status.PENDING, STOPPING)
                 raise
-            try:
-                before = self._clock()
-                await lane.limiter.acquire()
-                waited = self._clock() - before
-                if waited > 0.001:
-                    self.observer.throttled(lane.endpoint, waited)
-            except BaseException:
-                lane.slots.release()
-                self._resolve(batch.ops, Status.PENDING, STOPPING)
-                raise
-            if lane.blocked is not None or not self._accepting:
-                lane.slots.release()
-                self._resolve(batch.ops, Status.PENDING,
-                              lane.blocked or STOPPING)
-                continue
             task = asyncio.create_task(self._send(lane, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    async def _pace(self, lane: Lane) -> bool:
+        """Wait for the endpoint's next send slot, right before the request leaves (so that
+        nothing between the slot and the write can bunch requests up); False when the pass
+        stopped or the endpoint was blocked meanwhile."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._pacing.add(task)
+        try:
+            before = self._clock()
+            await lane.limiter.acquire()
+            waited = self._clock() - before
+            if waited > 0.001:
+                self.observer.throttled(lane.endpoint, waited)
+        finally:
+            self._pacing.discard(task)
+        return lane.blocked is None and self._accepting
+
     async def _send(self, lane: Lane, batch: Batch) -> None:
         endpoint = lane.endpoint
         try:
-            request = lane.sender.build(batch.ops)
+            request = lane.sender.build(batch.ops)   # before the slot: the slot is for sending
+            try:
+                ready = await self._pace(lane)
+            except asyncio.CancelledError:
+                self._resolve(batch.ops, Status.PENDING, STOPPING)
+                return
+            if not ready:
+                self._resolve(batch.ops, Status.PENDING, lane.blocked or STOPPING)
+                return
             started = self._clock()
             lane.requests += 1
             error: DeliveryError | None

@@ -17,9 +17,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-# Tolerated spread of network delays between requests, as a share of a second. 6% keeps 94% of the
-# documented rate in use and absorbs 60 ms of jitter.
-MARGIN: Final = 0.06
+# Tolerated spread of network delays between requests, as a share of a second. 5% keeps 95% of the
+# documented rate in use and absorbs 50 ms of jitter.
+MARGIN: Final = 0.05
 # How late a send may be and still count as on time (see Pacer.record).
 SLACK: Final = 0.005
 

@@ -258,25 +258,26 @@ def test_cursor_values_round_trip_and_shift() -> None:
         encode(12345)
 
 
-def test_a_notify_starts_a_pass_without_waiting_for_the_interval(
-        pg_url: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+def test_a_commit_starts_a_pass_without_waiting_for_the_interval(
+        source_url: str, tmp_path: Path, sandbox_app: SandboxApp) -> None:
+    """The outbox watcher sees the new row and wakes the daemon, on every database."""
     from syncer.daemon import Daemon
 
-    create_table(pg_url)
-    config = make_config(pg_url, f"sqlite:///{tmp_path / 'state.db'}",
+    create_table(source_url)
+    config = make_config(source_url, f"sqlite:///{tmp_path / 'state.db'}",
                          capture={"mode": "outbox"}, schedule={"interval_seconds": 3600})
     ob.install(config)
-    add_users(pg_url, range(1, 6))
+    add_users(source_url, range(1, 6))
     rt = Runtime(config, transport=mock_transport(sandbox_app))
     daemon = Daemon(config, rt)
     daemon.start()
     try:
         wait_for(lambda: daemon.passes >= 1 and daemon.listener is not None
-                 and daemon.listener.connected.is_set())
+                 and daemon.listener.watching.is_set())
         assert len(sandbox_app.snapshot()["users"]) == 5
-        add_users(pg_url, range(100, 101))   # the interval is an hour: only NOTIFY can wake it
+        add_users(source_url, range(100, 101))   # the interval is an hour: only a wake-up helps
         wait_for(lambda: "100" in sandbox_app.snapshot()["users"])
-        assert daemon.listener is not None and daemon.listener.notifications >= 1
+        assert daemon.listener is not None and daemon.listener.changes >= 1
     finally:
         daemon.stop.set()
         daemon.shutdown()

@@ -40,7 +40,6 @@ class OutboxNames:
     outbox_bare: str  # unquoted name
     function: str     # PostgreSQL trigger function, qualified and quoted
     trigger: str      # trigger name prefix (unquoted)
-    channel: str      # PostgreSQL NOTIFY channel
     pk: str           # quoted key column
     watched: tuple[str, ...]  # quoted columns whose change matters
     schema: str | None = None  # unquoted schema of the outbox (None: the connection's default)
@@ -70,7 +69,6 @@ def names(source: Source, capture: CaptureConfig, schema: str | None,
         outbox_bare=outbox,
         function=prefix + q(f"{outbox}_capture"),
         trigger=f"{outbox}_on_{source.config.table}"[:50],
-        channel=channel_name(capture.outbox_table),
         pk=q(source.config.primary_key),
         watched=tuple(q(c) for c in dict.fromkeys(watched)),
         schema=schema,
@@ -88,10 +86,6 @@ def urgent_columns(capture: CaptureConfig, mapping: Mapping | None) -> list[str]
     if capture.soft_delete_column:
         columns.append(capture.soft_delete_column)
     return list(dict.fromkeys(columns))
-
-
-def channel_name(outbox_table: str) -> str:
-    return outbox_table.lower()[:63]
 
 
 # ----------------------------------------------------------------------------- DDL
@@ -199,7 +193,6 @@ BEGIN
             {_row(n, f"OLD.{n.pk}", "D", "1")};
         END IF;
     END IF;
-    PERFORM pg_notify('{n.channel}', '');
     RETURN NULL;
 END
 """
