@@ -8,6 +8,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -164,3 +165,41 @@ def save(name: str, result: dict[str, Any]) -> None:
     result = {"benchmark": name, "machine": machine(), **result}
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps(result, indent=2, default=str))
+
+
+@contextmanager
+def sandbox_process(latency: float = 0.0, documented_rates: bool = False,
+                    ) -> Iterator[tuple[str, str]]:
+    """The sandbox over real HTTP in a process of its own (its work is not syncer's): yields the
+    Blux and nachocode base URLs. Without ``documented_rates`` it accepts any rate."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = [sys.executable, "-m", "bench.sandbox_proc", "--port", str(port),
+            "--latency", str(latency)] + ([] if documented_rates else ["--unlimited"])
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{base}/_sandbox/faults", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"{base}/blux", f"{base}/nachocode"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def sandbox_counts(blux_base: str) -> dict[str, Any]:
+    """The request counters of a sandbox process (not its mirror: that may be huge)."""
+    import urllib.request
+
+    base = blux_base.rsplit("/blux", 1)[0]
+    with urllib.request.urlopen(f"{base}/_sandbox/counts", timeout=30) as answer:
+        counts: dict[str, Any] = json.loads(answer.read())
+    return counts

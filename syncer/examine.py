@@ -5,6 +5,7 @@ by key and never sent."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -72,7 +73,8 @@ class Examiner:
         self.rt.beat()
         records = self._records(keys)
         states = self.rt.state.ledger.lookup(list(records))
-        return [self._diff(record, states.get(uid)) for uid, record in records.items()]
+        now = utcnow()
+        return [self._diff(record, states.get(uid), now) for uid, record in records.items()]
 
     def _records(self, keys: Sequence[object]) -> dict[str, UserRecord]:
         """What the source says about these keys: a row, or a deletion for a key with none."""
@@ -112,7 +114,7 @@ class Examiner:
             self.seen_uids.update(records)
         return records
 
-    def _diff(self, record: UserRecord, state: UserState | None) -> Work:
+    def _diff(self, record: UserRecord, state: UserState | None, now: dt.datetime) -> Work:
         """What to send for one user (and what to record when nothing is)."""
         rt, rules, counts = self.rt, self.rules, self.counts
         uid = record.user_id
@@ -136,7 +138,7 @@ class Examiner:
             return work
         work.ops = diff.operations(record, state, rt.mapping, rt.destinations,
                                    retry_deletions=rules.retry_deletions,
-                                   send_unseen=rules.send_unseen, now=utcnow())
+                                   send_unseen=rules.send_unseen, now=now)
         if not work.ops and diff.unseen_deletion(record, state) and not rules.send_unseen:
             counts.add("deletions_not_sent")
             log.warning("diff.unseen_deletion", user_id=uid,

@@ -37,6 +37,17 @@ CONSENTS: Final = frozenset(k for k, f in _PROPERTY_NORMALISERS.items() if f is 
 _ABSENT: Final = b"\x00\x00"
 
 
+def _scalar_bytes(value: JsonScalar) -> bytes:
+    """A JSON scalar as bytes that differ whenever the value (or its type) does."""
+    if isinstance(value, bool):
+        return b"T" if value else b"F"
+    if isinstance(value, int):
+        return b"i" + str(value).encode()
+    if isinstance(value, float):
+        return b"f" + repr(value).encode()
+    return b"s" + value.encode()
+
+
 def _canonical(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -79,7 +90,13 @@ class Mapping:
         self.fields: tuple[str, ...] = tuple(
             sorted([*self.user_properties, *(f"custom.{k}" for k in self.custom_properties)])
         )
-        self._layout = hashlib.blake2b(_canonical(self.fields), digest_size=2).digest()
+        # Tags: a keyed 2-byte hash of each field's name and value. The layout names the fields
+        # and the encoding (v2: a byte form per scalar type, no JSON), so tags of another
+        # mapping or encoding are never compared.
+        self._layout = hashlib.blake2b(_canonical(["tags-v2", *self.fields]),
+                                       digest_size=2).digest()
+        self._tagger = hashlib.blake2b(key=salt, digest_size=2)
+        self._tag_names = {name: name.encode() + b"\x00" for name in self.fields}
 
     @classmethod
     def for_config(cls, config: Config, salt: bytes) -> Mapping:
@@ -152,8 +169,10 @@ class Mapping:
         tags = bytearray(self._layout)
         for name in self.fields:
             if name in present:
-                tag = hashlib.blake2b(_canonical([name, present[name]]), key=self._salt,
-                                      digest_size=2).digest()
+                hasher = self._tagger.copy()
+                hasher.update(self._tag_names[name])
+                hasher.update(_scalar_bytes(present[name]))
+                tag = hasher.digest()
                 tags += tag if tag != _ABSENT else b"\x00\x01"
             else:
                 tags += _ABSENT

@@ -12,6 +12,7 @@ Routes (Blux under ``/blux``, nachocode under ``/nachocode``, so the clients' ba
     POST        /blux/v2/applications/{APPLICATION_ID}/users/delete/bulk             blux.delete
     DELETE|POST /nachocode/api/app-user/v2                                   nachocode.withdraw
     GET         /_sandbox/state    the mirror and the counters (``snapshot()``)
+    GET         /_sandbox/counts   the counters alone (the mirror may be large)
     GET|POST    /_sandbox/faults   read / partially update the faults (JSON object)
     POST        /_sandbox/reset    forget the mirror and the counters (the faults stay)
 
@@ -206,10 +207,10 @@ class SandboxApp:
             return {"user_properties": copy.deepcopy(u.user_properties),
                     "custom_user_properties": copy.deepcopy(u.custom_user_properties)}
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self, mirror: bool = True) -> dict[str, Any]:
         stats = self._stats
         return {
-            "users": {
+            "users": {} if not mirror else {
                 uid: {
                     "user_properties": copy.deepcopy(u.user_properties),
                     "custom_user_properties": copy.deepcopy(u.custom_user_properties),
@@ -274,6 +275,9 @@ class SandboxApp:
     def _control(self, method: str, path: str, body: bytes) -> SandboxResponse:
         if path == "/_sandbox/state" and method == "GET":
             return SandboxResponse(200, self._snapshot())
+        if path == "/_sandbox/counts" and method == "GET":   # without the (large) mirror
+            state = self._snapshot(mirror=False)
+            return SandboxResponse(200, state)
         if path == "/_sandbox/faults" and method == "GET":
             return SandboxResponse(200, self.faults.to_json())
         if path == "/_sandbox/faults" and method == "POST":

@@ -29,6 +29,25 @@ _U = t.users.c
 _SCAN = (_U.user_id, _U.key_int, _U.row_hash, _U.gone, _U.dirty, _U.source_key, _U.identity)
 
 
+# The two statements every pass writes most, prepared once (``?``: SQLite's placeholders;
+# PostgreSQL's are put in place). A user still waiting keeps the time it began to wait.
+_USERS_UPSERT = (
+    "INSERT INTO syncer_users (user_id, key_int, source_key, row_hash, gone, dirty, first_seen, "
+    "updated_at, dirty_since, seen_alive, identity, recreating) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET "
+    "key_int = excluded.key_int, source_key = excluded.source_key, "
+    "row_hash = excluded.row_hash, gone = excluded.gone, dirty = excluded.dirty, "
+    "updated_at = excluded.updated_at, seen_alive = excluded.seen_alive, "
+    "identity = excluded.identity, recreating = excluded.recreating, "
+    "dirty_since = CASE WHEN excluded.dirty "
+    "THEN coalesce(syncer_users.dirty_since, excluded.dirty_since) ELSE NULL END")
+_DELIVERIES_UPSERT = (
+    "INSERT INTO syncer_deliveries (destination, user_id, fingerprint, field_tags, deleted, "
+    "delivered_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (destination, user_id) DO UPDATE SET "
+    "fingerprint = excluded.fingerprint, field_tags = excluded.field_tags, "
+    "deleted = excluded.deleted, delivered_at = excluded.delivered_at")
+
+
 def _scan_row(r: Any) -> ScanRow:
     return ScanRow(r[0], r[1], r[2], bool(r[3]), bool(r[4]), r[5], r[6])
 
@@ -177,24 +196,20 @@ class SqlLedger(SqlPart):
             self._run("write", self._write, writes, now)
 
     def _write(self, conn: Connection, writes: Sequence[UserWrite], now: dt.datetime) -> None:
-        user_rows = [{
-            "user_id": w.user_id, "key_int": w.key_int, "source_key": w.source_key,
-            "row_hash": w.row_hash, "gone": w.gone, "dirty": w.dirty,
-            "first_seen": now, "updated_at": now, "dirty_since": now if w.dirty else None,
-            "seen_alive": w.seen_alive, "identity": w.identity, "recreating": w.recreating,
-        } for w in writes]
-        ins: Any = (postgresql.insert(t.users) if self._dialect == "postgresql"
-                    else sqlite.insert(t.users))
-        columns: dict[str, Any] = {c: ins.excluded[c] for c in
-                                   ("key_int", "source_key", "row_hash", "gone", "dirty",
-                                    "updated_at", "seen_alive", "identity", "recreating")}
-        # still waiting: since when it first waited, not since the last attempt
-        columns["dirty_since"] = case(
-            (ins.excluded.dirty, func.coalesce(t.users.c.dirty_since, ins.excluded.dirty_since)),
-            else_=None)
-        self._upsert(conn, t.users, user_rows, ["user_id"], columns)
+        """Users and deliveries (most of what a pass writes) through prepared upserts, with
+        the values in the form the driver stores (the same timestamp for all); the rest through
+        SQLAlchemy."""
+        pg = self._dialect == "postgresql"
+        at: object = now if pg else now.isoformat(" ", "microseconds")
 
-        delivered: list[dict[str, Any]] = []
+        def flag(value: bool) -> object:
+            return value if pg else int(value)
+
+        conn.exec_driver_sql(_USERS_UPSERT.replace("?", "%s") if pg else _USERS_UPSERT, [
+            (w.user_id, w.key_int, w.source_key, w.row_hash, flag(w.gone), flag(w.dirty), at,
+             at, at if w.dirty else None, flag(w.seen_alive), w.identity, flag(w.recreating))
+            for w in writes])
+        delivered: list[tuple[object, ...]] = []
         forgotten: list[tuple[str, str]] = []
         q_set: list[dict[str, Any]] = []
         q_clear: list[tuple[str, str]] = []
@@ -203,15 +218,16 @@ class SqlLedger(SqlPart):
                 if d is None:
                     forgotten.append((dest, w.user_id))
                 else:
-                    delivered.append({"destination": dest, "user_id": w.user_id,
-                                      "fingerprint": d.fingerprint, "field_tags": d.field_tags,
-                                      "deleted": d.deleted, "delivered_at": now})
+                    delivered.append((dest, w.user_id, d.fingerprint, d.field_tags,
+                                      flag(d.deleted), at))
             q_set += [{"destination": q.destination, "user_id": w.user_id,
                        "fingerprint": q.fingerprint, "reason": q.reason, "since": now,
                        "last_attempt": now, "attempts": 1, "transient": q.transient}
                       for q in w.quarantine_set]
             q_clear += [(dest, w.user_id) for dest in w.quarantine_clear]
-        self._upsert(conn, t.deliveries, delivered, ["destination", "user_id"])
+        if delivered:
+            conn.exec_driver_sql(_DELIVERIES_UPSERT.replace("?", "%s") if pg
+                                 else _DELIVERIES_UPSERT, delivered)
         self._delete_pairs(conn, t.deliveries, forgotten)
         qins: Any = (postgresql.insert(t.quarantine) if self._dialect == "postgresql"
                      else sqlite.insert(t.quarantine))
