@@ -38,7 +38,7 @@ from syncer.errors import (
 )
 from syncer.lanes import Batch, Lane
 from syncer.model import Endpoint, Op, Outcome, Status
-from syncer.ratelimit import AsyncRateLimiter, Pacer
+from syncer.ratelimit import AsyncRateLimiter, Pacer, Send
 from syncer.retry import RetryPolicy
 
 log = structlog.get_logger("syncer.deliver")
@@ -274,40 +274,41 @@ class Deliverer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pace(self, lane: Lane) -> bool:
-        """Wait for the endpoint's next send slot, right before the request leaves (so that
-        nothing between the slot and the write can bunch requests up); False when the pass
-        stopped or the endpoint was blocked meanwhile."""
+    async def _pace(self, lane: Lane) -> Send | None:
+        """Wait for the endpoint's next send slot, right before the request leaves; None when
+        the pass stopped or the endpoint was blocked meanwhile. The caller reports on the slot
+        when the request was really written (see :mod:`syncer.ratelimit`)."""
         task = asyncio.current_task()
         assert task is not None
         self._pacing.add(task)
         try:
             before = self._clock()
-            await lane.limiter.acquire()
+            slot = await lane.limiter.acquire()
             waited = self._clock() - before
             if waited > 0.001:
                 self.observer.throttled(lane.endpoint, waited)
         finally:
             self._pacing.discard(task)
-        return lane.blocked is None and self._accepting
+        return slot if lane.blocked is None and self._accepting else None
 
     async def _send(self, lane: Lane, batch: Batch) -> None:
         endpoint = lane.endpoint
         try:
             request = lane.sender.build(batch.ops)   # before the slot: the slot is for sending
             try:
-                ready = await self._pace(lane)
+                slot = await self._pace(lane)
             except asyncio.CancelledError:
                 self._resolve(batch.ops, Status.PENDING, STOPPING)
                 return
-            if not ready:
+            if slot is None:
                 self._resolve(batch.ops, Status.PENDING, lane.blocked or STOPPING)
                 return
             started = self._clock()
             lane.requests += 1
             error: DeliveryError | None
             try:
-                answer = await send(self.client, request, self.timeouts.get(endpoint, 10.0))
+                answer = await send(self.client, request, self.timeouts.get(endpoint, 10.0),
+                                    written=lambda: slot.wrote(self._clock()))
                 error = lane.sender.classify(answer, self._wall())
                 status = str(answer.status)
             except RetriableError as exc:

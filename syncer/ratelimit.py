@@ -1,12 +1,18 @@
 """Per-endpoint rate limits, counted the way the server counts them.
 
 The documents give limits as requests per second; the strictest reading is "no window of one second
-at the server holds more than N requests". Requests are paced evenly: one every
-``(1 + margin) / rate`` seconds. Then any N + 1 consecutive requests span at least ``1 + margin``
-seconds when they leave, so the server counts at most N in any second unless the network delays
-the first of them by ``margin`` seconds more than the last. Even pacing also keeps requests from
-queueing behind each other, which is what makes arrival times bunch up. :class:`Pacer` is pure (time
-is an argument); :class:`AsyncRateLimiter` puts it in front of an endpoint.
+at the server holds more than N requests". Two rules, both in :class:`Pacer`:
+
+- Requests are paced evenly: one every ``(1 + MARGIN) / rate`` seconds, so 95% of the rate is in
+  use and requests do not queue behind each other (which is what makes arrival times bunch up).
+- No more than N requests are *written* in any window of ``1 + WINDOW_MARGIN`` seconds. A slot is
+  taken before the request leaves; when the HTTP layer reports that the request's first bytes were
+  actually written (late, on a busy machine: the event loop, a new connection, the GIL), that time
+  replaces the slot's. A late request then holds back the ones after it instead of arriving in the
+  same second as them, and only the network's own jitter (up to ``WINDOW_MARGIN``) is left.
+
+:class:`Pacer` is pure (time is an argument); :class:`AsyncRateLimiter` puts it in front of an
+endpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -22,16 +29,40 @@ from typing import Final
 MARGIN: Final = 0.05
 # How late a send may be and still count as on time (see Pacer.record).
 SLACK: Final = 0.005
+# Written requests are counted over windows this much longer than a second: the network's jitter
+# between two requests may be this large before the server sees N + 1 of them in one second.
+WINDOW_MARGIN: Final = 0.04
+# How many slots (in windows' worth) are remembered, waiting for their write times: a request
+# written more than this many windows after its slot may still bunch up with later ones.
+REMEMBER_WINDOWS: Final = 4
+
+
+class Send:
+    """One handed-out slot: when the request may leave, then when it was written."""
+
+    __slots__ = ("at", "slot")
+
+    def __init__(self, at: float) -> None:
+        self.slot = at
+        self.at = at
+
+    def wrote(self, when: float) -> None:
+        """The request's first bytes were handed to the network at ``when``."""
+        self.at = max(self.at, when)
 
 
 class Pacer:
-    """At most one event every ``interval`` seconds."""
+    """At most one event every ``interval`` seconds, and at most ``limit`` in any ``window``."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, limit: int | None = None,
+                 window: float | None = None) -> None:
         if interval <= 0:
             raise ValueError("interval must be > 0")
         self.interval = interval
+        self.limit = limit if limit is not None else 1
+        self.window = window if window is not None else interval * (1 - SLACK)
         self._last: float | None = None
+        self._sends: deque[Send] = deque(maxlen=REMEMBER_WINDOWS * self.limit + 16)
         self.hold_until = 0.0  # a server's Retry-After: nothing leaves before this
 
     @classmethod
@@ -41,26 +72,38 @@ class Pacer:
         if rate <= 0:
             raise ValueError("rate must be > 0")
         whole = math.floor(rate) if rate >= 1 else rate
-        return cls((1.0 + margin) / whole)
+        limit = max(1, math.floor(rate))
+        return cls((1.0 + margin) / whole, limit, limit / whole + WINDOW_MARGIN)
 
     def delay(self, now: float) -> float:
         """Seconds to wait before the next event may happen at ``now``."""
         held = self.hold_until - now
         if self._last is None:
             return max(0.0, held)
-        return max(0.0, self._last + self.interval - now, held)
+        return max(0.0, self._last + self.interval - now, held, self._window_delay(now))
+
+    def _window_delay(self, now: float) -> float:
+        """Until the window ending now holds fewer than ``limit`` written requests."""
+        recent = sorted(s.at for s in self._sends if s.at > now - self.window)
+        if len(recent) < self.limit:
+            return 0.0
+        return recent[len(recent) - self.limit] + self.window - now
 
     def hold(self, until: float) -> None:
         self.hold_until = max(self.hold_until, until)
 
-    def record(self, now: float) -> None:
-        """A request left at ``now``. A send a few milliseconds later than its slot (the event
-        loop's wake-up is never exact) keeps the ideal timeline, so small delays do not pile up
-        into a lower rate; any N + 1 consecutive requests still span N slots less ``SLACK``."""
+    def record(self, now: float) -> Send:
+        """A request may leave at ``now``; tell the returned :class:`Send` when it was written. A
+        send a few milliseconds later than its slot (the event loop's wake-up is never exact)
+        keeps the ideal timeline, so small delays do not pile up into a lower rate; any N + 1
+        consecutive slots still span N slots less ``SLACK``."""
         if self._last is not None and 0 <= now - (self._last + self.interval) <= SLACK:
             self._last += self.interval
         else:
             self._last = now
+        send = Send(now)
+        self._sends.append(send)
+        return send
 
 
 class AsyncRateLimiter:
@@ -78,7 +121,8 @@ class AsyncRateLimiter:
     def pause_until(self, when: float) -> None:
         self.pacer.hold(when)
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> Send:
+        """Wait for the next slot; the caller reports the write time on the returned handle."""
         async with self._lock:
             while True:
                 now = self._clock()
@@ -87,4 +131,4 @@ class AsyncRateLimiter:
                     break
                 self.waited += wait
                 await self._sleep(wait)
-            self.pacer.record(self._clock())
+            return self.pacer.record(self._clock())

@@ -130,12 +130,22 @@ def transient(answer: Answer, now_epoch: float, who: str) -> DeliveryError | Non
     return None
 
 
-async def send(client: httpx.AsyncClient, request: Request, timeout: float) -> Answer:
+async def send(client: httpx.AsyncClient, request: Request, timeout: float,
+               written: Callable[[], None] | None = None) -> Answer:
     """One HTTP exchange; network failures become :class:`RetriableError`, naming the server
-    (scheme, host and port only) and, when it cannot be reached, the config key to check."""
+    (scheme, host and port only) and, when it cannot be reached, the config key to check.
+    ``written`` is called once the request line and headers were handed to the network (httpx's
+    transport reports it through the ``trace`` extension; other transports never call it)."""
+    extensions: dict[str, object] = {}
+    if written is not None:
+        async def trace(event: str, info: object) -> None:
+            if event.endswith("send_request_headers.complete"):
+                written()
+        extensions["trace"] = trace
     try:
         response = await client.request(request.method, request.url, headers=request.headers,
-                                        content=request.body, timeout=timeout)
+                                        content=request.body, timeout=timeout,
+                                        extensions=extensions)
     except httpx.ConnectTimeout as exc:
         raise RetriableError(f"cannot connect to {origin(request.url)} (no answer within "
                              f"{timeout:g}s){_check(request)}") from exc
