@@ -18,7 +18,7 @@ from syncer.config import Config
 from syncer.databases import create_state_engine
 from syncer.errors import ConfigError, StateMissing, SyncerError
 from syncer.pipeline import Progress, plan_pass, run_pass
-from syncer.results import PassOutcome, PassResult
+from syncer.results import BULK, BulkProgress, PassOutcome, PassResult
 from syncer.runtime import Runtime
 from syncer.source import Source
 from syncer.state import PassRecord, ProblemRow, QuarantineRow, StateCounts, state_id
@@ -269,6 +269,7 @@ class StatusReport:
     oldest_pending: dt.datetime | None = None
     sender: str | None = None                 # who holds the sender lock
     pending_by_endpoint: dict[str, int] = field(default_factory=dict)
+    bulk: BulkProgress | None = None          # bulk work under way (or cut off by a crash)
 
 
 def destination_health(config: Config, passes: list[PassRecord]) -> dict[str, str]:
@@ -314,6 +315,7 @@ def status(config: Config, *, limit: int = 10) -> StatusReport:
             sender=sender_lock.for_config(config, "status").holder(),
             pending_by_endpoint={str(ep): n for ep, n in last.counts.pending.items()}
             if last else {},
+            bulk=BulkProgress.from_json(store.cursors.get(BULK)),
         )
     finally:
         store.close()

@@ -25,7 +25,7 @@ from prometheus_client import (
 
 from syncer.clock import utcnow
 from syncer.model import Endpoint
-from syncer.results import DELIVERED, PassOutcome, PassResult
+from syncer.results import DELIVERED, BulkProgress, PassOutcome, PassResult
 
 
 class Metrics:
@@ -71,6 +71,15 @@ class Metrics:
                                     ["destination"], registry=r)
         self.leader = Gauge("syncer_leader", "1 while this instance holds the sender lock.",
                             registry=r)
+        self.bulk_total = Gauge("syncer_bulk_users", "Users in the bulk work under way (an "
+                                "initial load, a reconcile, a backlog), by kind; 0 when none.",
+                                ["kind"], registry=r)
+        self.bulk_done = Gauge("syncer_bulk_users_done", "Users of the bulk work under way "
+                               "examined so far, by kind.", ["kind"], registry=r)
+        self.bulk_eta = Gauge("syncer_bulk_eta_seconds", "Estimated time left for the bulk "
+                              "work under way (0 when none).", registry=r)
+        self.live_users = Counter("syncer_live_users_total", "Users sent ahead of bulk work by "
+                                  "the live lane.", registry=r)
 
     # -- delivery observer
 
@@ -83,6 +92,17 @@ class Metrics:
 
     def throttled(self, endpoint: Endpoint, seconds: float) -> None:
         self.rate_wait.labels(str(endpoint)).inc(seconds)
+
+    def bulk(self, progress: BulkProgress | None) -> None:
+        for kind in ("initial", "reconcile", "backlog"):
+            on = progress is not None and progress.kind == kind
+            self.bulk_total.labels(kind).set(progress.total if on and progress else 0)
+            self.bulk_done.labels(kind).set(progress.done if on and progress else 0)
+        eta = progress.eta_seconds() if progress is not None else None
+        self.bulk_eta.set(eta or 0.0)
+
+    def live(self, users: int) -> None:
+        self.live_users.inc(users)
 
     # -- passes
 

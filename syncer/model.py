@@ -131,8 +131,13 @@ class Endpoint(enum.StrEnum):
         return self.value.split(".", 1)[0]
 
 
-URGENT: Final = 0
-NORMAL: Final = 1
+# Operation priorities, most urgent first. The diff gives URGENT (a deletion, a withdrawal, a
+# consent turning false) or NORMAL; operations found by the live capture while bulk work is being
+# sent (see :mod:`syncer.live`) go one step ahead of the bulk ones of their kind: live urgent 0,
+# bulk urgent 1, live normal 2, bulk normal 3.
+URGENT: Final = 1
+NORMAL: Final = 3
+LIVE: Final = 1   # subtracted from the priority of a live operation
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ class Recorder:
         self._wake = asyncio.Event()
         self._running = True
         self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()   # a flush returns only once earlier writes are done
 
     def add(self, write: UserWrite) -> None:
         self._writes.append(write)
@@ -58,11 +59,13 @@ class Recorder:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def flush(self) -> None:
-        if not self._writes:
-            return
-        writes, self._writes = self._writes, []
-        try:
-            await self.rt.in_state(self.rt.state.ledger.write, writes, utcnow())
-        except BaseException:
-            self._writes[:0] = writes   # not written: they go with the next attempt
-            raise
+        """Write what is waiting; when it returns, everything added before is in the state."""
+        async with self._lock:
+            if not self._writes:
+                return
+            writes, self._writes = self._writes, []
+            try:
+                await self.rt.in_state(self.rt.state.ledger.write, writes, utcnow())
+            except BaseException:
+                self._writes[:0] = writes   # not written: they go with the next attempt
+                raise

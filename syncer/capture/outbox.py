@@ -38,6 +38,7 @@ from syncer.capture.snapshot import SnapshotCapture
 from syncer.clock import utcnow
 from syncer.config import CaptureConfig, SourceConfig
 from syncer.errors import ConfigError, SourceError
+from syncer.live import LiveRound
 from syncer.source import Source
 from syncer.state import state_id
 
@@ -79,13 +80,16 @@ class OutboxCapture:
         n = self.check(ctx)
         if ctx.state.cursors.get(CURSOR) is None:
             # Everything before now comes from a snapshot; the outbox already keeps what happens
-            # meanwhile, and the next pass handles it.
+            # meanwhile: the live lane sends it while the snapshot is sent, the next pass
+            # handles what is left.
+            floor = self._newest(ctx, n)
             out = SnapshotCapture().collect(ctx)
             out.commit = lambda: ctx.state.cursors.set(CURSOR, "snapshot taken", utcnow())
             out.position = {"outbox": "first pass: full snapshot"}
+            out.live = OutboxLive(n, floor, self._upgraded(ctx, n))
             return out
         upgraded = self._upgraded(ctx, n)
-        extra = "op, txn" if upgraded else "'U', NULL"
+        extra = _EXTRA[upgraded]
         rows = ctx.source.run(f"SELECT id, user_key, {extra} FROM {n.outbox} "
                               f"ORDER BY id LIMIT {BATCH}")
         ids = [r[0] for r in rows]
@@ -108,14 +112,13 @@ class OutboxCapture:
         out.more = out.more or len(rows) == BATCH
         out.position = {"outbox_rows": len(rows), "distinct_users": len(keys)}
 
-        def consume() -> None:
-            claim(ctx.source, n, state_id(ctx.state.cursors))
-            for i in range(0, len(ids), 1000):
-                part = ", ".join(str(int(x)) for x in ids[i:i + 1000])
-                ctx.source.run(f"DELETE FROM {n.outbox} WHERE id IN ({part})")
-
-        out.commit = consume if ids else None
+        out.commit = (lambda: consume(ctx, n, ids)) if ids else None
+        out.live = OutboxLive(n, max(ids) if ids else self._newest(ctx, n), upgraded)
         return out
+
+    def _newest(self, ctx: CaptureContext, n: OutboxNames) -> int:
+        newest = ctx.source.scalar(f"SELECT max(id) FROM {n.outbox}")
+        return 0 if newest is None else int(newest)
 
     def watcher(self, ctx: CaptureContext, on_change: Callable[[], None],
                 stop: threading.Event, interval: float) -> OutboxWatcher:
@@ -151,6 +154,54 @@ class OutboxCapture:
             position["triggers"] = (f"do not watch {', '.join(drift)}: run `syncer outbox "
                                     "install` again")
         return position
+
+
+_EXTRA = {True: "op, txn", False: "'U', NULL"}   # an outbox from an earlier version has neither
+
+# Outbox rows the live lane takes in one round, at most.
+LIVE_ROWS = 2000
+
+
+def consume(ctx: CaptureContext, n: OutboxNames, ids: Sequence[int]) -> None:
+    """Remove exactly these outbox rows (their users are recorded), as the state that claims
+    the outbox."""
+    claim(ctx.source, n, state_id(ctx.state.cursors))
+    for i in range(0, len(ids), 1000):
+        part = ", ".join(str(int(x)) for x in ids[i:i + 1000])
+        ctx.source.run(f"DELETE FROM {n.outbox} WHERE id IN ({part})")
+
+
+class OutboxLive:
+    """The outbox rows committed while a pass runs (ids above what the pass read): taken a
+    round at a time by the live lane (:mod:`syncer.live`), removed once recorded. A row
+    committed out of order below the floor is left for the next pass, never lost."""
+
+    def __init__(self, n: OutboxNames, floor: int, upgraded: bool) -> None:
+        self.n = n
+        self.floor = floor
+        self.upgraded = upgraded
+
+    def read(self, ctx: CaptureContext) -> LiveRound | None:
+        rows = ctx.source.run(f"SELECT id, user_key, {_EXTRA[self.upgraded]} FROM "
+                              f"{self.n.outbox} WHERE id > :floor ORDER BY id LIMIT {LIVE_ROWS}",
+                              {"floor": self.floor})
+        if not rows:
+            return None
+        self.floor = max(self.floor, int(rows[-1][0]))
+        # Keys deleted and re-created, or that name no user, are left to the next pass.
+        skip = recreated_keys(rows) if ctx.mapping.created_column is None else set()
+        keys: dict[object, None] = {}
+        ids: list[int] = []
+        for row in rows:
+            text = row[1]
+            if text is None or text in skip:
+                continue
+            key = ctx.source.typed_key(text, text)
+            if normalize.user_id_or_none(key) is None:
+                continue
+            keys[key] = None
+            ids.append(int(row[0]))
+        return LiveRound(list(keys), (lambda: consume(ctx, self.n, ids)) if ids else None)
 
 
 def recreated_keys(rows: Sequence[Any]) -> set[str]:

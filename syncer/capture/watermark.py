@@ -41,6 +41,7 @@ from syncer.capture.watermark_cursor import (
 from syncer.clock import utcnow
 from syncer.config import CaptureConfig
 from syncer.errors import ConfigError
+from syncer.live import LiveRound
 from syncer.source import Source
 
 log = structlog.get_logger("syncer.capture.watermark")
@@ -161,6 +162,7 @@ class WatermarkCapture:
             value = Cursor(start, time.time(), False).encode()
             out.commit = lambda: ctx.state.cursors.set(CURSOR, value, utcnow())
             out.position = {"watermark": "first pass: full snapshot", "starts_at": str(start)}
+            out.live = WatermarkLive(self, start)
             return out
         cursor = Cursor.decode(stored)
         horizon = None
@@ -190,6 +192,7 @@ class WatermarkCapture:
                 yield row
 
         sort_rows(ctx, tracked(), out, seen)
+        out.live = WatermarkLive(self, newest[0])
         value = self.advance(cursor, newest[0], horizon, time.time()).encode()
         out.commit = lambda: ctx.state.cursors.set(CURSOR, value, utcnow())
         out.position = self._describe(cursor, low, horizon)
@@ -284,6 +287,39 @@ class WatermarkCapture:
                     f"{int(ahead)} rows have {self.column} after the database's clock ({clock}): "
                     "they are read at every pass until then; check the writers' clocks")
         return out
+
+
+class WatermarkLive:
+    """The rows whose watermark moved while a pass runs, for the live lane
+    (:mod:`syncer.live`): each look reads the rows stamped after the newest value seen so far
+    (the pass's own capture first), and keeps those whose hash differs from the state's. No
+    lookback here: a row committed late with an older stamp is the next pass's (its cursor
+    keeps the lookback), and the pass's own cursor is not moved."""
+
+    def __init__(self, capture: WatermarkCapture, start: object) -> None:
+        self.capture = capture
+        self.newest = start
+
+    def read(self, ctx: CaptureContext) -> LiveRound | None:
+        if self.newest is None:
+            return None
+        low = self.newest
+        clock = db_clock(ctx.source)
+        limit = None if clock is None else clock + FUTURE_TOLERANCE
+        out = Candidates()
+
+        def tracked() -> Any:
+            for row, value in ctx.source.since(self.capture.column, low,
+                                               exclusive=not is_date(low)):
+                moment = comparable(value)
+                if (moment is not None and (limit is None or moment <= limit)
+                        and before(self.newest, value)):
+                    self.newest = value
+                yield row
+
+        sort_rows(ctx, tracked(), out, set())
+        keys = [*out.deleted, *out.changed]
+        return LiveRound(keys) if keys else None
 
 
 def _like(sample: object, moment: dt.datetime) -> object:
