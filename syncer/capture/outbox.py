@@ -28,12 +28,13 @@ from syncer.capture import (
 from syncer.capture.outbox_ddl import (
     CURSOR,
     OutboxNames,
+    all_names,
     claim,
     names,
     outbox_columns,
     schema_of,
-    watched_drift,
 )
+from syncer.capture.outbox_tables import trigger_problems
 from syncer.capture.snapshot import SnapshotCapture
 from syncer.clock import utcnow
 from syncer.config import CaptureConfig, SourceConfig
@@ -146,11 +147,17 @@ class OutboxCapture:
                                           "`syncer outbox install` again so that a key deleted "
                                           "and re-created between passes is seen, and urgent "
                                           "changes go first")
-        drift = watched_drift(ctx.source, n)
-        if drift:
-            position["triggers"] = (f"do not watch {', '.join(drift)}: run `syncer outbox "
-                                    "install` again")
+        position["triggers"] = self.trigger_health(ctx)
         return position
+
+    def trigger_health(self, ctx: CaptureContext) -> str:
+        """``healthy on <tables>``, or what is missing on which table and the fix."""
+        every = all_names(ctx.source, self.capture, schema_of(ctx.source, self.source_config),
+                          ctx.mapping)
+        problems = [p for n in every for p in trigger_problems(ctx.source, n)]
+        if problems:
+            return "; ".join(problems) + ": run `syncer outbox install` again"
+        return "healthy on " + ", ".join(n.table_bare for n in every)
 
 
 def recreated_keys(rows: Sequence[Any]) -> set[str]:
