@@ -53,8 +53,10 @@ BATCH = 50_000
 class OutboxCapture:
     name = "outbox"
 
-    def __init__(self, capture: CaptureConfig, source: SourceConfig) -> None:
+    def __init__(self, capture: CaptureConfig, source: SourceConfig,
+                 notes: Sequence[str] = ()) -> None:
         self.capture = capture
+        self.notes = list(notes)   # what this mode cannot see (blind_spots), for plan/status
         self.source_config = source
         self._names: OutboxNames | None = None
         self._marked: bool | None = None
@@ -108,6 +110,8 @@ class OutboxCapture:
         out.scanned = len(rows)
         out.more = out.more or len(rows) == BATCH
         out.position = {"outbox_rows": len(rows), "distinct_users": len(keys)}
+        if self.notes:
+            out.position["blind_spots"] = self.notes
 
         def consume() -> None:
             claim(ctx.source, n, state_id(ctx.state.cursors))
@@ -148,6 +152,8 @@ class OutboxCapture:
                                           "and re-created between passes is seen, and urgent "
                                           "changes go first")
         position["triggers"] = self.trigger_health(ctx)
+        if self.notes:
+            position["blind_spots"] = self.notes
         return position
 
     def trigger_health(self, ctx: CaptureContext) -> str:
