@@ -148,6 +148,7 @@ class Source:
             except SQLAlchemyError as exc:
                 raise SourceError(f"cannot read {self.description}: {describe_error(exc)}") \
                     from exc
+        self._check_soft_delete_expression()
         missing = [c for c in dict.fromkeys(wanted) if c not in have]
         if missing:
             where = f"table {self.config.table!r}" if self.config.table else "the [source] query"
@@ -158,6 +159,19 @@ class Source:
                 problems.append(f"{owner} = {column!r}: {where} has no column {column!r}"
                                 + (f" (did you mean {hint[0]!r}?)" if hint else ""))
             raise ConfigError(problems)
+
+    def _check_soft_delete_expression(self) -> None:
+        """A soft-delete expression (``NOT is_active``) the database cannot evaluate is a
+        config error, named by its key."""
+        if not self.soft_delete or is_column(self.soft_delete):
+            return
+        try:
+            with self.connect() as conn:
+                conn.exec_driver_sql(f"SELECT {self._soft_expr()} FROM {self.relation} "
+                                     "WHERE 1 = 0")
+        except SQLAlchemyError as exc:
+            raise ConfigError(f"[capture] soft_delete_column = {self.soft_delete!r}: the "
+                              f"database cannot evaluate it ({describe_error(exc)})") from None
 
     def key_kind(self) -> KeyKind:
         """How keys are ordered: from the column's type, else from a sample value (until the
