@@ -110,12 +110,14 @@ def pg_horizon(source: Source, aware: bool) -> Horizon:
 class WatermarkCapture:
     name = "watermark"
 
-    def __init__(self, config: CaptureConfig, notes: Sequence[str] = ()) -> None:
+    def __init__(self, config: CaptureConfig, notes: Sequence[str] = (),
+                 cursor: str = CURSOR) -> None:
         if not config.watermark_column:
             raise ConfigError('[capture] mode = "watermark" needs `watermark_column`')
         self.column = config.watermark_column
         self.lookback = config.lookback_seconds
         self.notes = list(notes)   # what this mode cannot see (blind_spots), for plan/status
+        self.cursor = cursor       # its name in the state's cursors
 
     def _aware(self, ctx: CaptureContext, sample: object) -> bool:
         if isinstance(sample, dt.datetime):
@@ -157,12 +159,12 @@ class WatermarkCapture:
         return newest, horizon
 
     def collect(self, ctx: CaptureContext) -> Candidates:
-        stored = ctx.state.cursors.get(CURSOR)
+        stored = ctx.state.cursors.get(self.cursor)
         if stored is None:
             start, _ = self.start(ctx)
             out = SnapshotCapture().collect(ctx)
             value = Cursor(start, time.time(), False).encode()
-            out.commit = lambda: ctx.state.cursors.set(CURSOR, value, utcnow())
+            out.commit = lambda: ctx.state.cursors.set(self.cursor, value, utcnow())
             out.position = {"watermark": "first pass: full snapshot", "starts_at": str(start)}
             out.position.update(self._notes())
             return out
@@ -173,7 +175,7 @@ class WatermarkCapture:
         sort_rows(ctx, rows, out, seen)
         value, out.position = finish()
         out.position.update(self._notes())
-        out.commit = lambda: ctx.state.cursors.set(CURSOR, value, utcnow())
+        out.commit = lambda: ctx.state.cursors.set(self.cursor, value, utcnow())
         return out
 
     def _notes(self) -> dict[str, object]:
@@ -260,10 +262,10 @@ class WatermarkCapture:
         return position
 
     def starts_with_snapshot(self, ctx: CaptureContext) -> bool:
-        return ctx.state.cursors.get(CURSOR) is None
+        return ctx.state.cursors.get(self.cursor) is None
 
     def position(self, ctx: CaptureContext) -> dict[str, object]:
-        stored = ctx.state.cursors.get(CURSOR)
+        stored = ctx.state.cursors.get(self.cursor)
         if stored is None:
             return {"watermark": "none yet (the first pass is a full snapshot)", **self._notes()}
         cursor = Cursor.decode(stored)

@@ -57,7 +57,8 @@ class TablesWatermarkCapture:
                             owners=owners)
             source.check()
             self._sources[entry.name] = source
-        return CaptureContext(source, ctx.state, ctx.mapping), WatermarkCapture(capture)
+        return (CaptureContext(source, ctx.state, ctx.mapping),
+                WatermarkCapture(capture, cursor=cursor_name(entry.name)))
 
     def collect(self, ctx: CaptureContext) -> Candidates:
         stored = {e.name: ctx.state.cursors.get(cursor_name(e.name)) for e in self.entries}
@@ -114,10 +115,6 @@ class TablesWatermarkCapture:
         out: dict[str, object] = {}
         for entry in self.entries:
             tctx, capture = self._table(ctx, entry)
-            stored = ctx.state.cursors.get(cursor_name(entry.name))
-            if stored is None:
-                out[entry.name] = {"watermark": "none yet (the first pass is a full snapshot)",
-                                   "index": index_used(tctx.source, str(entry.watermark_column))}
-                continue
-            out[entry.name] = capture.position(tctx)
+            out[entry.name] = {**capture.position(tctx),
+                               "index": index_used(tctx.source, str(entry.watermark_column))}
         return {"watermarks": out, **self._notes()}
