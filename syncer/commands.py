@@ -14,6 +14,7 @@ import structlog
 
 from syncer import fingerprint_key
 from syncer import lock as sender_lock
+from syncer.capture.blind_spots import soft_delete_note
 from syncer.config import Config
 from syncer.databases import create_state_engine
 from syncer.errors import ConfigError, StateMissing, SyncerError
@@ -242,9 +243,11 @@ def plan(config: Config, *, reconcile: bool = False, progress: Progress | None =
         runtime = {**runtime, "state": MemoryStateStore(), "fingerprint": os.urandom(32)}
     rt = open_runtime(config, new_state=None, **runtime)
     try:
-        return plan_pass(rt, reconcile=reconcile, progress=progress)
+        result = plan_pass(rt, reconcile=reconcile, progress=progress)
     finally:
         rt.close()
+    result.position.update(soft_delete_note(config))
+    return result
 
 
 def migrate(config: Config) -> str:

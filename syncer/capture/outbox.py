@@ -28,12 +28,13 @@ from syncer.capture import (
 from syncer.capture.outbox_ddl import (
     CURSOR,
     OutboxNames,
+    all_names,
     claim,
     names,
     outbox_columns,
     schema_of,
-    watched_drift,
 )
+from syncer.capture.outbox_tables import trigger_problems
 from syncer.capture.snapshot import SnapshotCapture
 from syncer.clock import utcnow
 from syncer.config import CaptureConfig, SourceConfig
@@ -53,8 +54,10 @@ BATCH = 50_000
 class OutboxCapture:
     name = "outbox"
 
-    def __init__(self, capture: CaptureConfig, source: SourceConfig) -> None:
+    def __init__(self, capture: CaptureConfig, source: SourceConfig,
+                 notes: Sequence[str] = ()) -> None:
         self.capture = capture
+        self.notes = list(notes)   # what this mode cannot see (blind_spots), for plan/status
         self.source_config = source
         self._names: OutboxNames | None = None
         self._marked: bool | None = None
@@ -111,6 +114,8 @@ class OutboxCapture:
         out.scanned = len(rows)
         out.more = out.more or len(rows) == BATCH
         out.position = {"outbox_rows": len(rows), "distinct_users": len(keys)}
+        if self.notes:
+            out.position["blind_spots"] = self.notes
 
         out.commit = (lambda: consume(ctx, n, ids)) if ids else None
         out.live = OutboxLive(n, max(ids) if ids else self._newest(ctx, n), upgraded)
@@ -149,11 +154,19 @@ class OutboxCapture:
                                           "`syncer outbox install` again so that a key deleted "
                                           "and re-created between passes is seen, and urgent "
                                           "changes go first")
-        drift = watched_drift(ctx.source, n)
-        if drift:
-            position["triggers"] = (f"do not watch {', '.join(drift)}: run `syncer outbox "
-                                    "install` again")
+        position["triggers"] = self.trigger_health(ctx)
+        if self.notes:
+            position["blind_spots"] = self.notes
         return position
+
+    def trigger_health(self, ctx: CaptureContext) -> str:
+        """``healthy on <tables>``, or what is missing on which table and the fix."""
+        every = all_names(ctx.source, self.capture, schema_of(ctx.source, self.source_config),
+                          ctx.mapping)
+        problems = [p for n in every for p in trigger_problems(ctx.source, n)]
+        if problems:
+            return "; ".join(problems) + ": run `syncer outbox install` again"
+        return "healthy on " + ", ".join(n.table_bare for n in every)
 
 
 _EXTRA = {True: "op, txn", False: "'U', NULL"}   # an outbox from an earlier version has neither
