@@ -27,7 +27,7 @@ from syncer.errors import ConfigError, SafetyValveTripped, SyncerError
 from syncer.examine import Examiner, Rules, Work
 from syncer.model import Outcome, Status
 from syncer.plan import Plan
-from syncer.recorder import Recorder
+from syncer.recorder import Recorder, prune_history
 from syncer.results import DELIVERED, PassCounts, PassKind, PassOutcome, PassResult
 from syncer.runtime import Runtime
 
@@ -78,6 +78,7 @@ class _Pass:
         if not self.dry_run:
             pass_id = await rt.in_state(rt.state.passes.start, self.kind, mode, utcnow(),
                                         rt.instance)
+            self.recorder.pass_id = pass_id
         log.info("pass.started", kind=self.kind, mode=mode, pass_id=pass_id)
         report: DeliveryReport | None = None
         try:
@@ -124,6 +125,7 @@ class _Pass:
                           utcnow(), self.kind)
         try:   # keep the history within [state] keep_passes, a small batch after each pass
             await rt.in_state(rt.state.passes.prune, rt.config.state.keep_passes, PRUNE_BATCH)
+            await rt.in_state(prune_history, rt.state, rt.config.state.history_days)
         except SyncerError as exc:
             log.warning("state.prune_failed", error=str(exc))
 
@@ -236,6 +238,7 @@ class _Pass:
         rt = self.rt
         if found.purged:
             await rt.in_state(rt.state.ledger.forget_row_hashes, found.purged)
+        self.recorder.committed = found.committed
         self.recorder.start()
         try:
             async with rt.http_client() as client, Deliverer(
@@ -325,7 +328,7 @@ class _Pass:
             del self.tracking[op.user_id]
             if all(o.status is not Status.PENDING for o in work.outcomes):
                 self.settled += 1
-            self.recorder.add(work.settled())
+            self.recorder.settle(work)
             self.recorder.nudge()
 
     async def _watch_stop(self) -> None:

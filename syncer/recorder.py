@@ -1,19 +1,29 @@
 """Recording what was settled: each user's state row written once the destinations answered for
 all its operations, behind the deliveries (one transaction per burst), so a crash can only re-send
-what was in flight, never drop what was acknowledged a while ago."""
+what was in flight, never drop what was acknowledged a while ago. The audit trail's entries
+(:mod:`syncer.history`) go with the user's row, in the same transaction."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import replace
 
 import structlog
 
+from syncer import history
 from syncer.clock import utcnow
 from syncer.errors import SyncerError
+from syncer.examine import Work
+from syncer.metrics import Metrics
 from syncer.model import UserWrite
 from syncer.runtime import Runtime
+from syncer.state import StateStore
 
 log = structlog.get_logger("syncer.recorder")
+
+HISTORY_PRUNE_BATCH = 2000   # audit-trail entries deleted after each pass, at most
 
 
 class Recorder:
@@ -27,8 +37,22 @@ class Recorder:
         self._wake = asyncio.Event()
         self._running = True
         self._task: asyncio.Task[None] | None = None
+        self.pass_id: int | None = None
+        # When each key's change was committed, where the capture knows it (source key: time)
+        self.committed: Mapping[object, dt.datetime] = {}
+        self._trail = rt.config.state.history_days > 0
 
     def add(self, write: UserWrite) -> None:
+        self._writes.append(write)
+
+    def settle(self, work: Work) -> None:
+        """Record a user whose operations all have their outcome, with its audit trail."""
+        write = work.settled()
+        if work.outcomes and self._trail:
+            entries = history.entries(work.outcomes, self.pass_id,
+                                      self.committed.get(work.record.source_key))
+            if entries:
+                write = replace(write, history=entries)
         self._writes.append(write)
 
     def nudge(self) -> None:
@@ -66,3 +90,14 @@ class Recorder:
         except BaseException:
             self._writes[:0] = writes   # not written: they go with the next attempt
             raise
+        if isinstance(self.rt.observer, Metrics):
+            self.rt.observer.acknowledged(e for w in writes for e in w.history)
+
+
+
+def prune_history(state: StateStore, days: int) -> int:
+    """Keep the audit trail within ``[state] history_days``: a small batch after each pass (a
+    short transaction; a backlog goes over the next passes). 0 days: there is no trail."""
+    if days <= 0:
+        return 0
+    return state.history.prune(utcnow() - dt.timedelta(days=days), HISTORY_PRUNE_BATCH)

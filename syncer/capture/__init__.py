@@ -13,6 +13,7 @@ do once the pass has recorded its results (advance a cursor, remove handled outb
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class Candidates:
     commit: Callable[[], None] | None = None               # run after the results are recorded
     reconcile: bool = False
     recreated: set[object] = field(default_factory=set)  # keys deleted and re-created since
+    committed: dict[object, dt.datetime] = field(default_factory=dict)  # key: change's commit
 
     @property
     def total(self) -> int:

@@ -35,6 +35,7 @@ from syncer.capture.outbox_ddl import (
     watched_drift,
 )
 from syncer.capture.snapshot import SnapshotCapture
+from syncer.capture.watermark_cursor import comparable
 from syncer.clock import utcnow
 from syncer.config import CaptureConfig, SourceConfig
 from syncer.errors import ConfigError, SourceError
@@ -86,7 +87,7 @@ class OutboxCapture:
             return out
         upgraded = self._upgraded(ctx, n)
         extra = "op, txn" if upgraded else "'U', NULL"
-        rows = ctx.source.run(f"SELECT id, user_key, {extra} FROM {n.outbox} "
+        rows = ctx.source.run(f"SELECT id, user_key, {extra}, created_at FROM {n.outbox} "
                               f"ORDER BY id LIMIT {BATCH}")
         ids = [r[0] for r in rows]
         out = Candidates()
@@ -99,7 +100,9 @@ class OutboxCapture:
             else:
                 keys.append(key)
         if ctx.mapping.created_column is None:   # else that column says who holds a key
-            out.recreated = {ctx.source.typed_key(k, k) for k in recreated_keys(rows)}
+            out.recreated = {ctx.source.typed_key(k, k)
+                             for k in recreated_keys([r[:4] for r in rows])}
+        note_commits(ctx, rows, out)
         seen: set[str] = set()
         sort_keys(ctx, pending_keys(ctx, out), out, seen)
         sort_keys(ctx, keys, out, seen)
@@ -151,6 +154,16 @@ class OutboxCapture:
             position["triggers"] = (f"do not watch {', '.join(drift)}: run `syncer outbox "
                                     "install` again")
         return position
+
+
+def note_commits(ctx: CaptureContext, rows: Sequence[Any], out: Candidates) -> None:
+    """The audit trail's commit time of each key: its oldest outbox row (rows are (id, key,
+    op, txn, created_at))."""
+    for row in rows:
+        moment = comparable(row[4])
+        key = ctx.source.typed_key(row[1], row[1])
+        if moment is not None and key not in out.committed:
+            out.committed[key] = moment
 
 
 def recreated_keys(rows: Sequence[Any]) -> set[str]:

@@ -183,6 +183,7 @@ class WatermarkCapture:
                 if isinstance(value, str) and len(value) > 10:
                     layouts.add(value[10])
                 if moment is not None:
+                    out.committed[row.key] = moment   # the audit trail's commit time
                     if limit is not None and moment > limit:
                         ahead[0] += 1
                     elif newest[0] is None or before(newest[0], value):
