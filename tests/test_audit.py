@@ -201,3 +201,26 @@ def test_no_personal_data_in_the_trail_or_its_outputs(
     for value in personal_data():
         for text in texts:
             assert value not in text
+
+
+def test_a_pass_with_nothing_changed_writes_nothing(
+        scenario: tuple[Path, SandboxApp, str]) -> None:
+    path, app, state = scenario
+
+    def entries() -> int:
+        engine = sa.create_engine(state)
+        with engine.connect() as conn:
+            n = int(conn.execute(sa.text("SELECT count(*) FROM syncer_history")).scalar_one())
+        engine.dispose()
+        return n
+
+    before = entries()
+    config = load(str(path))
+    run(config, app)
+    rt = Runtime(config, transport=mock_transport(app))
+    try:
+        rt.check()
+        run_pass(rt, reconcile=True)
+    finally:
+        rt.close()
+    assert entries() == before
