@@ -178,6 +178,8 @@ class StateConfig(_Model):
     key_file: str | None = None
     # The pass history kept (rows of syncer_passes); older passes are pruned after each pass.
     keep_passes: int = Field(default=10_000, ge=100)
+    # The audit trail kept (rows of syncer_history), in days; 0 keeps none (and writes none).
+    history_days: int = Field(default=400, ge=0)
 
     @property
     def redacted_url(self) -> str:

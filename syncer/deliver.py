@@ -253,17 +253,21 @@ class Deliverer:
     # -- internals
 
     def _resolve(self, ops: Sequence[Op], status: Status, reason: str = "",
-                 transient: bool = False) -> None:
+                 transient: bool = False, sent_at: float | None = None,
+                 answer: int | None = None) -> None:
         """Give each operation its one outcome; an operation that already has one is skipped,
-        and a failing callback is logged, so the count of open operations stays exact."""
+        and a failing callback is logged, so the count of open operations stays exact.
+        ``sent_at``: when the request that settled them left (the audit trail's times)."""
         if status is Status.PENDING and ops and reason:
             self._pending[ops[0].endpoint] = reason
+        acked_at = self._wall() if sent_at is not None else None
         for op in ops:
             if self._open.pop(id(op), None) is None:
                 continue
             self._outstanding -= 1
             try:
-                self.on_outcome(Outcome(op, status, reason, transient))
+                self.on_outcome(Outcome(op, status, reason, transient, sent_at, acked_at,
+                                        answer))
             except Exception:
                 log.exception("delivery.outcome_failed", endpoint=str(op.endpoint),
                               user_id=op.user_id)
@@ -341,6 +345,7 @@ class Deliverer:
         try:
             request = lane.sender.build(batch.ops)
             started = self._clock()
+            batch.sent_at = self._wall()
             lane.requests += 1
             error: DeliveryError | None
             try:
@@ -356,7 +361,8 @@ class Deliverer:
             if error is None:
                 lane.rejected_in_a_row = 0
                 lane.successes += 1
-                self._resolve(batch.ops, Status.DELIVERED)
+                self._resolve(batch.ops, Status.DELIVERED, sent_at=batch.sent_at,
+                              answer=answer.status)
             else:
                 self._failed(lane, batch, error)
         except asyncio.CancelledError:
@@ -416,7 +422,7 @@ class Deliverer:
         if len(batch.ops) == 1:
             log.warning("delivery.quarantined", endpoint=str(lane.endpoint),
                         user_id=batch.ops[0].user_id, reason=str(error))
-            self._resolve(batch.ops, Status.QUARANTINED, str(error))
+            self._resolve(batch.ops, Status.QUARANTINED, str(error), sent_at=batch.sent_at)
             return
         half = len(batch.ops) // 2
         self.observer.retry(lane.endpoint, "split")
@@ -486,7 +492,8 @@ class Deliverer:
                    "now)")
             log.warning("delivery.quarantined", endpoint=str(endpoint),
                         user_id=batch.ops[0].user_id, reason=why)
-            self._resolve(batch.ops, Status.QUARANTINED, why, transient=True)
+            self._resolve(batch.ops, Status.QUARANTINED, why, transient=True,
+                          sent_at=batch.sent_at)
             return
         log.warning("delivery.gave_up", endpoint=str(endpoint), size=len(batch.ops),
                     attempts=batch.attempts, reason=str(error))

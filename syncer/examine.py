@@ -14,7 +14,17 @@ import structlog
 from syncer import diff, normalize
 from syncer.clock import utcnow
 from syncer.mapping import CONSENTS
-from syncer.model import LIVE, Endpoint, KeyKind, Op, Outcome, UserRecord, UserState, UserWrite
+from syncer.model import (
+    LIVE,
+    Endpoint,
+    HistoryEntry,
+    KeyKind,
+    Op,
+    Outcome,
+    UserRecord,
+    UserState,
+    UserWrite,
+)
 from syncer.normalize import Invalid
 from syncer.results import PassCounts
 from syncer.runtime import Runtime
@@ -37,10 +47,10 @@ class Work:
     live: bool = False               # found by the live capture (see syncer.live)
     seq: int = 0                     # examined after every work with a lower one
 
-    def settled(self) -> UserWrite:
-        """The state row once every operation has its outcome."""
+    def settled(self, history: tuple[HistoryEntry, ...] = ()) -> UserWrite:
+        """The state row once every operation has its outcome (with its audit trail)."""
         return self.write or diff.settle(self.record, self.state, self.outcomes, self.key_int,
-                                         self.source_key)
+                                         self.source_key, history)
 
     @property
     def deletes(self) -> bool:

@@ -34,6 +34,7 @@ class Batch:
     narrowing: bool = False           # a part of a batch that kept failing with 5xx/timeouts
     failing_since: tuple[int, int] | None = None  # the lane's (successes, failures) then
     own_failures: int = 0             # of this batch and of those it was split from
+    sent_at: float | None = None      # wall time its last request left (the audit trail)
 
     @property
     def urgent(self) -> bool:

@@ -19,6 +19,7 @@ one (see :meth:`syncer.pipeline._Pass.submit`).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class LiveRound:
 
     keys: list[object] = field(default_factory=list)
     commit: Callable[[], None] | None = None
+    committed: dict[object, dt.datetime] = field(default_factory=dict)  # key: commit time
 
 
 class LiveReader(Protocol):
@@ -108,6 +110,8 @@ class LiveLane:
                     return
                 except TimeoutError:
                     pass
+                if self.owner.stopping():   # SIGTERM, the time limit: the next pass goes on
+                    return
                 await self._round()
         except CaptureStopped:
             return
@@ -123,6 +127,8 @@ class LiveLane:
         if found.keys:
             # Every user settled so far is in the state before these are diffed against it.
             await owner.recorder.flush()
+            for key, moment in found.committed.items():   # for the audit trail
+                owner.recorder.committed.setdefault(key, moment)
             works = await rt.in_source(owner.examiner.examine, found.keys, True)
             owner.admit(works)
             self._waiting = {w.record.user_id for w in works}

@@ -23,8 +23,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from syncer import history
 from syncer.clock import utcnow
-from syncer.model import Endpoint
+from syncer.model import Endpoint, HistoryEntry, Operation, Result
 from syncer.results import DELIVERED, BulkProgress, PassOutcome, PassResult
 
 
@@ -69,6 +70,12 @@ class Metrics:
         self.destination_up = Gauge("syncer_destination_up",
                                     "0 while a destination refuses the credentials, 1 otherwise.",
                                     ["destination"], registry=r)
+        self.withdrawal_lag = Histogram(
+            "syncer_consent_withdrawal_lag_seconds",
+            "From the commit of a consent withdrawal (kind=consent) or a deletion "
+            "(kind=deletion) to the destination's acknowledgement, where the capture knows the "
+            "commit (outbox, watermark).", ["destination", "kind"], registry=r,
+            buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600, 21600, 86400))
         self.leader = Gauge("syncer_leader", "1 while this instance holds the sender lock.",
                             registry=r)
         self.bulk_total = Gauge("syncer_bulk_users", "Users in the bulk work under way (an "
@@ -103,6 +110,17 @@ class Metrics:
 
     def live(self, users: int) -> None:
         self.live_users.inc(users)
+
+    def acknowledged(self, entries: Iterable[HistoryEntry]) -> None:
+        """Audit-trail entries just recorded: the lag of each consent withdrawal and deletion."""
+        for entry in entries:
+            lag = history.lag_seconds(entry)
+            if lag is None or entry.result is Result.REFUSED:
+                continue
+            if entry.operation is not Operation.UPDATE:
+                self.withdrawal_lag.labels(entry.destination, "deletion").observe(lag)
+            elif history.consent_withdrawal(entry):
+                self.withdrawal_lag.labels(entry.destination, "consent").observe(lag)
 
     # -- passes
 

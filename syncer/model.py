@@ -172,6 +172,9 @@ class Outcome:
     status: Status
     reason: str = ""
     transient: bool = False  # quarantined for 5xx/timeouts that only this user gets
+    sent_at: float | None = None    # wall time (Unix) the request that settled it left
+    acked_at: float | None = None   # ... and its answer arrived
+    answer: int | None = None       # that answer's HTTP status (nachocode 410: already withdrawn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,3 +194,42 @@ class UserWrite:
     seen_alive: bool = False
     identity: int | None = None
     recreating: bool = False
+    history: tuple[HistoryEntry, ...] = ()   # the audit trail's entries, in the same transaction
+
+
+class Operation(enum.StrEnum):
+    """What the audit trail calls an operation."""
+
+    UPDATE = "update"
+    DELETE = "delete"
+    WITHDRAW = "withdraw"
+
+
+class Result(enum.StrEnum):
+    """How a destination answered an operation, as the audit trail keeps it."""
+
+    DELIVERED = "delivered"
+    ALREADY_WITHDRAWN = "already_withdrawn"   # nachocode 410: what was wanted
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One operation a destination acknowledged or refused, as the audit trail keeps it: field
+    names only (consents with their new value, e.g. ``marketing_notification_consent=false``),
+    never a field's value otherwise."""
+
+    user_id: str
+    destination: str
+    endpoint: str
+    operation: Operation
+    result: Result
+    fields: tuple[str, ...]
+    consents: tuple[tuple[str, bool], ...]
+    pass_id: int | None
+    sent_at: dt.datetime | None
+    acked_at: dt.datetime
+    committed_at: dt.datetime | None = None   # the change's commit (outbox row, watermark)
+    reason: str = ""
+    whole: bool = False                       # an update carrying every field (new there)
+    id: int | None = None                     # its row, once stored

@@ -28,7 +28,7 @@ from syncer.examine import Examiner, Rules, Work
 from syncer.live import LiveLane, Turn, turn
 from syncer.model import Outcome, Status
 from syncer.plan import Plan
-from syncer.recorder import Recorder
+from syncer.recorder import Recorder, prune_history
 from syncer.results import (
     BULK,
     DELIVERED,
@@ -92,6 +92,7 @@ class _Pass:
         if not self.dry_run:
             pass_id = await rt.in_state(rt.state.passes.start, self.kind, mode, utcnow(),
                                         rt.instance)
+            self.recorder.pass_id = pass_id
         log.info("pass.started", kind=self.kind, mode=mode, pass_id=pass_id)
         report: DeliveryReport | None = None
         try:
@@ -138,6 +139,7 @@ class _Pass:
                           utcnow(), self.kind)
         try:   # keep the history within [state] keep_passes, a small batch after each pass
             await rt.in_state(rt.state.passes.prune, rt.config.state.keep_passes, PRUNE_BATCH)
+            await rt.in_state(prune_history, rt.state, rt.config.state.history_days)
         except SyncerError as exc:
             log.warning("state.prune_failed", error=str(exc))
 
@@ -250,6 +252,7 @@ class _Pass:
         rt = self.rt
         if found.purged:
             await rt.in_state(rt.state.ledger.forget_row_hashes, found.purged)
+        self.recorder.committed = found.committed
         self.recorder.start()
         try:
             async with rt.http_client() as client, Deliverer(
@@ -275,14 +278,15 @@ class _Pass:
             await self.recorder.flush()  # what was delivered is recorded, even when it fails
             if found.total:
                 rt.forget_known_users()
-        if found.commit is not None and not self._stopping():
+        if found.commit is not None and not self.stopping():
             await rt.in_source(found.commit)
-        if self._stopping():   # users not examined, or with a send still pending
+        if self.stopping():   # users not examined, or with a send still pending
             self.counts.totals["left"] = max(0, found.total - self.settled)
         self.more = self.more or self.examiner.recreated
         return deliverer.report()
 
-    def _stopping(self) -> bool:
+    def stopping(self) -> bool:
+        """The pass takes no new work: stopped, out of time, or its live lane failed."""
         return self.stop.is_set() or self.timed_out or (
             self.live is not None and self.live.error is not None)
 
@@ -325,7 +329,7 @@ class _Pass:
         bulk = await self._bulk_started(found)
         try:
             for keys in self.segments(found, deletions=False):
-                if self._stopping():
+                if self.stopping():
                     break
                 works = await rt.in_source(self.examiner.examine, keys)
                 self.admit(works)
@@ -448,7 +452,7 @@ class _Pass:
                 self._done_with(work)
             elif all(o.status is not Status.PENDING for o in work.outcomes):
                 self.settled += 1
-            self.recorder.add(work.settled())
+            self.recorder.settle(work)
             self.recorder.nudge()
             if op.user_id in self.parked:
                 self._examine_again(op.user_id)

@@ -13,6 +13,7 @@ do once the pass has recorded its results (advance a cursor, remove handled outb
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -74,6 +75,7 @@ class Candidates:
     reconcile: bool = False
     recreated: set[object] = field(default_factory=set)  # keys deleted and re-created since
     live: LiveReader | None = None   # what changes while the pass sends (see syncer.live)
+    committed: dict[object, dt.datetime] = field(default_factory=dict)  # key: change's commit
 
     @property
     def total(self) -> int:

@@ -11,6 +11,7 @@ id a few times a second and starts a pass within a fraction of a second of a com
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,6 +37,7 @@ from syncer.capture.outbox_ddl import (
 )
 from syncer.capture.outbox_tables import trigger_problems
 from syncer.capture.snapshot import SnapshotCapture
+from syncer.capture.watermark_cursor import comparable
 from syncer.clock import utcnow
 from syncer.config import CaptureConfig, SourceConfig
 from syncer.errors import ConfigError, SourceError
@@ -93,7 +95,7 @@ class OutboxCapture:
             return out
         upgraded = self._upgraded(ctx, n)
         extra = _EXTRA[upgraded]
-        rows = ctx.source.run(f"SELECT id, user_key, {extra} FROM {n.outbox} "
+        rows = ctx.source.run(f"SELECT id, user_key, {extra}, created_at FROM {n.outbox} "
                               f"ORDER BY id LIMIT {BATCH}")
         ids = [r[0] for r in rows]
         out = Candidates()
@@ -106,7 +108,9 @@ class OutboxCapture:
             else:
                 keys.append(key)
         if ctx.mapping.created_column is None:   # else that column says who holds a key
-            out.recreated = {ctx.source.typed_key(k, k) for k in recreated_keys(rows)}
+            out.recreated = {ctx.source.typed_key(k, k)
+                             for k in recreated_keys([r[:4] for r in rows])}
+        note_commits(ctx, rows, out.committed)
         seen: set[str] = set()
         sort_keys(ctx, pending_keys(ctx, out), out, seen)
         sort_keys(ctx, keys, out, seen)
@@ -195,14 +199,15 @@ class OutboxLive:
         self.upgraded = upgraded
 
     def read(self, ctx: CaptureContext) -> LiveRound | None:
-        rows = ctx.source.run(f"SELECT id, user_key, {_EXTRA[self.upgraded]} FROM "
+        rows = ctx.source.run(f"SELECT id, user_key, {_EXTRA[self.upgraded]}, created_at FROM "
                               f"{self.n.outbox} WHERE id > :floor ORDER BY id LIMIT {LIVE_ROWS}",
                               {"floor": self.floor})
         if not rows:
             return None
         self.floor = max(self.floor, int(rows[-1][0]))
         # Keys deleted and re-created, or that name no user, are left to the next pass.
-        skip = recreated_keys(rows) if ctx.mapping.created_column is None else set()
+        skip = (recreated_keys([r[:4] for r in rows]) if ctx.mapping.created_column is None
+                else set())
         keys: dict[object, None] = {}
         ids: list[int] = []
         for row in rows:
@@ -214,7 +219,20 @@ class OutboxLive:
                 continue
             keys[key] = None
             ids.append(int(row[0]))
-        return LiveRound(list(keys), (lambda: consume(ctx, self.n, ids)) if ids else None)
+        found = LiveRound(list(keys), (lambda: consume(ctx, self.n, ids)) if ids else None)
+        note_commits(ctx, rows, found.committed)
+        return found
+
+
+def note_commits(ctx: CaptureContext, rows: Sequence[Any],
+                 committed: dict[object, dt.datetime]) -> None:
+    """The audit trail's commit time of each key: its oldest outbox row (rows are (id, key,
+    op, txn, created_at))."""
+    for row in rows:
+        moment = comparable(row[4])
+        key = ctx.source.typed_key(row[1], row[1])
+        if moment is not None and key not in committed:
+            committed[key] = moment
 
 
 def recreated_keys(rows: Sequence[Any]) -> set[str]:

@@ -173,7 +173,7 @@ class WatermarkCapture:
         out = Candidates()
         seen: set[str] = set()
         sort_keys(ctx, pending_keys(ctx, out), out, seen)
-        rows, finish = self.read(ctx, Cursor.decode(stored))
+        rows, finish = self.read(ctx, Cursor.decode(stored), out.committed)
         sort_rows(ctx, rows, out, seen)
         value, out.position = finish()
         out.position.update(self._notes())
@@ -184,10 +184,12 @@ class WatermarkCapture:
     def _notes(self) -> dict[str, object]:
         return {"blind_spots": self.notes} if self.notes else {}
 
-    def read(self, ctx: CaptureContext, cursor: Cursor
+    def read(self, ctx: CaptureContext, cursor: Cursor,
+             committed: dict[object, dt.datetime] | None = None,
              ) -> tuple[Iterator[RawRow], Callable[[], tuple[str, dict[str, object]]]]:
         """The rows of the read window after ``cursor`` (from ``ctx.source``), and, once they
-        have all been read, the next cursor (encoded) and the position to report."""
+        have all been read, the next cursor (encoded) and the position to report. Each row's
+        watermark goes into ``committed`` (the audit trail's commit time)."""
         horizon = None
         if self._horizon_applies(ctx, cursor.value):
             horizon = pg_horizon(ctx.source, self._aware(ctx, cursor.value))
@@ -205,6 +207,8 @@ class WatermarkCapture:
                 if isinstance(value, str) and len(value) > 10:
                     layouts.add(value[10])
                 if moment is not None:
+                    if committed is not None:
+                        committed[row.key] = moment
                     if limit is not None and moment > limit:
                         ahead[0] += 1
                     elif newest[0] is None or before(newest[0], value):
@@ -333,14 +337,15 @@ class WatermarkLive:
             for row, value in ctx.source.since(self.capture.column, low,
                                                exclusive=not is_date(low)):
                 moment = comparable(value)
-                if (moment is not None and (limit is None or moment <= limit)
-                        and before(self.newest, value)):
-                    self.newest = value
+                if moment is not None:
+                    out.committed[row.key] = moment   # the audit trail's commit time
+                    if (limit is None or moment <= limit) and before(self.newest, value):
+                        self.newest = value
                 yield row
 
         sort_rows(ctx, tracked(), out, set())
         keys = [*out.deleted, *out.changed]
-        return LiveRound(keys) if keys else None
+        return LiveRound(keys, committed=out.committed) if keys else None
 
 
 def _like(sample: object, moment: dt.datetime) -> object:

@@ -71,7 +71,8 @@ class TablesWatermarkCapture:
         position: dict[str, object] = {}
         for entry in self.entries:
             tctx, capture = self._table(ctx, entry)
-            rows, finish = capture.read(tctx, Cursor.decode(str(stored[entry.name])))
+            rows, finish = capture.read(tctx, Cursor.decode(str(stored[entry.name])),
+                                        out.committed)
             keys = list(dict.fromkeys(row.key for row in rows if row.key is not None))
             ctx.progress()
             sort_keys(ctx, keys, out, seen)
