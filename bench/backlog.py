@@ -1,5 +1,5 @@
 """Backlog throughput: N users (default 20,000) to deliver at once, against the sandbox over real
-HTTP answering every request in 200 ms, at the documented rate limits.
+HTTP (in a process of its own) answering every request in 200 ms, at the documented rate limits.
 
 Reports the share of the rate limit in use while the backlog drains (requests sent per second
 between the first and the last, over the documented 20/s) and the highest count the API saw in
@@ -21,20 +21,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import config, save, seed_users
+from bench.common import config, sandbox_counts, sandbox_process, save, seed_users
 from syncer.pipeline import run_pass
 from syncer.runtime import Runtime
-from syncer.sandbox import Faults, SandboxApp, SandboxConfig, SandboxServer
+from syncer.sandbox import SandboxConfig
 
 
 def drain(url: str, latency: float) -> dict[str, Any]:
-    """One pass delivering every user of ``url``; what the sandbox saw."""
-    sandbox = SandboxConfig()
-    app = SandboxApp(sandbox, Faults(latency_seconds=latency))
-    with tempfile.TemporaryDirectory() as tmp, SandboxServer(app) as server:
-        cfg = config(url, f"sqlite:///{Path(tmp) / 'state.db'}",
-                     blux={"base_url": server.blux_base_url},
-                     nachocode={"base_url": server.nachocode_base_url})
+    """One pass delivering every user of ``url`` to a sandbox in a process of its own (as the
+    real API is: its threads do not compete with syncer's); what the sandbox saw."""
+    limit = SandboxConfig().update_rate
+    with tempfile.TemporaryDirectory() as tmp, \
+            sandbox_process(latency, documented_rates=True) as (blux, nachocode):
+        cfg = config(url, f"sqlite:///{Path(tmp) / 'state.db'}", blux={"base_url": blux},
+                     nachocode={"base_url": nachocode})
         rt = Runtime(cfg)
         try:
             started = time.perf_counter()
@@ -42,16 +42,16 @@ def drain(url: str, latency: float) -> dict[str, Any]:
             seconds = time.perf_counter() - started
         finally:
             rt.close()
-    snap = app.snapshot()
+        snap = sandbox_counts(blux)
     stats = snap["requests"]["blux.update"]
     first = snap["first_request_at"]["blux.update"]
     last = snap["last_request_at"]["blux.update"]
     requests = stats["total"]
     rate = (requests - 1) / (last - first) if last and first and last > first else 0.0
-    limit = sandbox.update_rate
     busiest = snap["max_requests_in_window"]["blux.update"]
     return {"outcome": result.outcome, "requests": requests,
-            "users_delivered": len(snap["users"]), "pass_seconds": round(seconds, 2),
+            "users_delivered": snap["updates_applied"]["users"],
+            "pass_seconds": round(seconds, 2),
             "requests_per_second": round(rate, 2), "rate_limit": limit,
             "share_of_limit": round(rate / limit, 3), "busiest_second": busiest,
             "status_429": stats["by_status"].get("429", 0),

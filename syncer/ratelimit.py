@@ -3,7 +3,7 @@
 The documents give limits as requests per second; the strictest reading is "no window of one second
 at the server holds more than N requests". Two rules, both in :class:`Pacer`:
 
-- Requests are paced evenly: one every ``(1 + MARGIN) / rate`` seconds, so 95% of the rate is in
+- Requests are paced evenly: one every ``(1 + MARGIN) / rate`` seconds, so 96% of the rate is in
   use and requests do not queue behind each other (which is what makes arrival times bunch up).
 - No more than N requests are *written* in any window of ``1 + WINDOW_MARGIN`` seconds. A slot is
   taken before the request leaves; when the HTTP layer reports that the request's first bytes were
@@ -24,14 +24,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-# Tolerated spread of network delays between requests, as a share of a second. 5% keeps 95% of the
-# documented rate in use and absorbs 50 ms of jitter.
-MARGIN: Final = 0.05
-# How late a send may be and still count as on time (see Pacer.record).
-SLACK: Final = 0.005
+# Spacing of the requests, as a share of a second: 4% keeps 96% of the documented rate in use and
+# absorbs 40 ms of spread between network delays in the steady state.
+MARGIN: Final = 0.04
+# How late a send may be (seconds) and still keep the timeline (see Pacer.record).
+CATCH_UP: Final = 1.0
 # Written requests are counted over windows this much longer than a second: the network's jitter
 # between two requests may be this large before the server sees N + 1 of them in one second.
-WINDOW_MARGIN: Final = 0.04
+WINDOW_MARGIN: Final = 0.02
 # How many slots (in windows' worth) are remembered, waiting for their write times: a request
 # written more than this many windows after its slot may still bunch up with later ones.
 REMEMBER_WINDOWS: Final = 4
@@ -60,7 +60,7 @@ class Pacer:
             raise ValueError("interval must be > 0")
         self.interval = interval
         self.limit = limit if limit is not None else 1
-        self.window = window if window is not None else interval * (1 - SLACK)
+        self.window = window if window is not None else interval * 0.99
         self._last: float | None = None
         self._sends: deque[Send] = deque(maxlen=REMEMBER_WINDOWS * self.limit + 16)
         self.hold_until = 0.0  # a server's Retry-After: nothing leaves before this
@@ -93,11 +93,13 @@ class Pacer:
         self.hold_until = max(self.hold_until, until)
 
     def record(self, now: float) -> Send:
-        """A request may leave at ``now``; tell the returned :class:`Send` when it was written. A
-        send a few milliseconds later than its slot (the event loop's wake-up is never exact)
-        keeps the ideal timeline, so small delays do not pile up into a lower rate; any N + 1
-        consecutive slots still span N slots less ``SLACK``."""
-        if self._last is not None and 0 <= now - (self._last + self.interval) <= SLACK:
+        """A request may leave at ``now``; tell the returned :class:`Send` when it was written.
+        A send up to a second later than its slot (the event loop's wake-up is never exact,
+        less so on a busy machine) keeps the ideal timeline, so such delays do not pile up into
+        a lower rate: the next slots come sooner until it is caught up, and the window rule
+        (:meth:`delay`) still keeps any window to ``limit`` written requests. A send later
+        than that (an idle endpoint) starts a new timeline."""
+        if self._last is not None and 0 <= now - (self._last + self.interval) <= CATCH_UP:
             self._last += self.interval
         else:
             self._last = now
