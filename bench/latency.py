@@ -2,7 +2,8 @@
 
 The daemon runs in-process against the sandbox over real HTTP (documented rate limits). Each
 sample commits one change to the users table and waits until the sandbox holds it; the poll
-interval is 60 s, so only the trigger's NOTIFY can make it fast. Target: under 2 s.
+interval is 60 s, so only the outbox watcher (a look at the outbox's newest id every
+`[schedule] gather_seconds`) can make it fast. Target: under 2 s.
 
     python bench/latency.py [--users 10000] [--samples 30]
 """

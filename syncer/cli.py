@@ -6,6 +6,7 @@ rejected the credentials."""
 from __future__ import annotations
 
 import functools
+import json
 import signal
 import sys
 import threading
@@ -286,6 +287,55 @@ def migrate(config: Config) -> None:
     """Create or upgrade the state schema (also done at every start)."""
     where = commands.migrate(config)
     click.echo(f"state schema is up to date in {where}")
+
+
+@main.command()
+@click.argument("user")
+@click.option("--destination", type=click.Choice(["blux", "nachocode"]), default=None,
+              help="Only this destination's entries.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@common(secrets=False)
+def history(config: Config, user: str, destination: str | None, as_json: bool) -> None:
+    """One user's timeline from the audit trail: each operation per destination, the fields
+    that changed (names only; consents with their new value), when it was sent and
+    acknowledged, the outcome. Exit 1 when there is no entry for the user."""
+    from syncer import audit
+
+    entries = audit.history(config, user, destination)
+    if as_json:
+        click.echo(json.dumps({"user_id": user.strip(),
+                               "entries": [audit.entry_json(e) for e in entries]}, indent=2))
+    else:
+        for line in audit.timeline_lines(user.strip(), entries):
+            click.echo(line)
+    sys.exit(EXIT_OK if entries else EXIT_UNDELIVERED)
+
+
+@main.command()
+@click.option("--since", metavar="DATE", default=None,
+              help="Acknowledged on or after this date (YYYY-MM-DD, or ISO date and time; UTC).")
+@click.option("--until", metavar="DATE", default=None,
+              help="Acknowledged before the end of this date (or before this ISO time; UTC).")
+@click.option("--kind", type=click.Choice(["withdrawals", "deletions", "consent"]), default=None,
+              help="withdrawals: consent withdrawals and deletions; deletions; consent: every "
+                   "consent change [default: all of them].")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
+              show_default=True, help="CSV (the summary goes to stderr) or JSON (with it).")
+@common(secrets=False)
+def audit(config: Config, since: str | None, until: str | None, kind: str | None,
+          fmt: str) -> None:
+    """An export of consent withdrawals, consent changes and deletions with each platform's
+    acknowledgement time and the lag from the commit, and a summary (count, worst and p95
+    lag)."""
+    from syncer import audit as trail
+
+    found, summary = trail.audit(config, trail.parse_day(since, "--since"),
+                                 trail.parse_day(until, "--until", end=True), kind)
+    if fmt == "json":
+        click.echo(trail.as_json(found, summary))
+    else:
+        click.echo(trail.as_csv(found), nl=False)
+        click.echo(trail.summary_line(summary), err=True)
 
 
 @main.group()

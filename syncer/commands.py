@@ -14,11 +14,12 @@ import structlog
 
 from syncer import fingerprint_key
 from syncer import lock as sender_lock
+from syncer.capture.blind_spots import soft_delete_note
 from syncer.config import Config
 from syncer.databases import create_state_engine
 from syncer.errors import ConfigError, StateMissing, SyncerError
 from syncer.pipeline import Progress, plan_pass, run_pass
-from syncer.results import PassOutcome, PassResult
+from syncer.results import BULK, BulkProgress, PassOutcome, PassResult
 from syncer.runtime import Runtime
 from syncer.source import Source
 from syncer.state import PassRecord, ProblemRow, QuarantineRow, StateCounts, state_id
@@ -242,9 +243,11 @@ def plan(config: Config, *, reconcile: bool = False, progress: Progress | None =
         runtime = {**runtime, "state": MemoryStateStore(), "fingerprint": os.urandom(32)}
     rt = open_runtime(config, new_state=None, **runtime)
     try:
-        return plan_pass(rt, reconcile=reconcile, progress=progress)
+        result = plan_pass(rt, reconcile=reconcile, progress=progress)
     finally:
         rt.close()
+    result.position.update(soft_delete_note(config))
+    return result
 
 
 def migrate(config: Config) -> str:
@@ -269,6 +272,7 @@ class StatusReport:
     oldest_pending: dt.datetime | None = None
     sender: str | None = None                 # who holds the sender lock
     pending_by_endpoint: dict[str, int] = field(default_factory=dict)
+    bulk: BulkProgress | None = None          # bulk work under way (or cut off by a crash)
 
 
 def destination_health(config: Config, passes: list[PassRecord]) -> dict[str, str]:
@@ -314,6 +318,7 @@ def status(config: Config, *, limit: int = 10) -> StatusReport:
             sender=sender_lock.for_config(config, "status").holder(),
             pending_by_endpoint={str(ep): n for ep, n in last.counts.pending.items()}
             if last else {},
+            bulk=BulkProgress.from_json(store.cursors.get(BULK)),
         )
     finally:
         store.close()

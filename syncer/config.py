@@ -61,6 +61,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
+class SourceTable(_Model):
+    """One table a ``[source] query`` reads (``[[source.tables]]``): the first entry is the users
+    table itself (a row deleted there is a deleted user), the others are joined to it (a row
+    deleted there is a change of that user)."""
+
+    name: Identifier
+    key: Identifier                      # the column holding the user key in this table
+    watermark_column: Identifier | None = None
+
+
 class SourceConfig(_Model):
     url: str
     table: Identifier | None = None
@@ -68,6 +78,7 @@ class SourceConfig(_Model):
     query: str | None = None
     primary_key: Identifier = "id"
     chunk_size: int = Field(default=5000, ge=100, le=50_000)
+    tables: tuple[SourceTable, ...] = ()
 
     @model_validator(mode="after")
     def _table_or_query(self) -> SourceConfig:
@@ -75,7 +86,18 @@ class SourceConfig(_Model):
             raise ValueError("give exactly one of `table` or `query`")
         if self.query is not None and self.schema_ is not None:
             raise ValueError("`schema` goes with `table`, not with `query`")
+        if self.tables and self.query is None:
+            raise ValueError("[[source.tables]] goes with `query` (the tables the query reads); "
+                             "with `table`, that table is the whole source")
+        names = [t.name for t in self.tables]
+        if len(set(names)) != len(names):
+            raise ValueError("[[source.tables]] names a table twice")
         return self
+
+    @property
+    def watermarks(self) -> dict[str, str]:
+        """Table -> its ``watermark_column``, for the tables that name one."""
+        return {t.name: t.watermark_column for t in self.tables if t.watermark_column}
 
     @property
     def redacted_url(self) -> str:
@@ -85,10 +107,28 @@ class SourceConfig(_Model):
 CaptureMode = Literal["watermark", "outbox", "snapshot"]
 
 
+def _soft_delete(value: object) -> object:
+    """A column, or an SQL expression over the source's columns (``NOT is_active``)."""
+    if not isinstance(value, str) or _IDENT.match(value):
+        return value
+    if not value.strip():
+        raise ValueError("is empty")
+    if any(bad in value for bad in (";", "--", "/*")):
+        raise ValueError("must be a column or one SQL expression (no `;` or comments)")
+    return value.strip()
+
+
+def is_column(name: str) -> bool:
+    """Whether a configured name is a plain column (not an SQL expression)."""
+    return bool(_IDENT.match(name))
+
+
 class CaptureConfig(_Model):
     mode: CaptureMode = "snapshot"
     watermark_column: Identifier | None = None
-    soft_delete_column: Identifier | None = None
+    # A column (true, a date or a timestamp mean deleted) or an SQL expression over the source's
+    # columns, such as "NOT is_active" ("inactive means withdraw").
+    soft_delete_column: Annotated[str | None, BeforeValidator(_soft_delete)] = None
     # A column that changes when a key is reused by another person (created_at, date_joined):
     # a change means the user was deleted and re-created, so the destinations forget the
     # previous person before the new one is sent.
@@ -116,8 +156,6 @@ class CaptureConfig(_Model):
 
     @model_validator(mode="after")
     def _mode_needs(self) -> CaptureConfig:
-        if self.mode == "watermark" and not self.watermark_column:
-            raise ValueError("mode = \"watermark\" needs `watermark_column`")
         if self.created_column and self.created_column in (self.watermark_column,
                                                            self.soft_delete_column):
             raise ValueError("`created_column` must be a column that changes only when a key is "
@@ -140,6 +178,8 @@ class StateConfig(_Model):
     key_file: str | None = None
     # The pass history kept (rows of syncer_passes); older passes are pruned after each pass.
     keep_passes: int = Field(default=10_000, ge=100)
+    # The audit trail kept (rows of syncer_history), in days; 0 keeps none (and writes none).
+    history_days: int = Field(default=400, ge=0)
 
     @property
     def redacted_url(self) -> str:
@@ -165,6 +205,9 @@ class MappingConfig(_Model):
     # "omit": a NULL consent is left out (Blux keeps its last value); "false": a NULL or
     # unreadable consent is sent as false (no consent unless the source says yes).
     null_consents: Literal["omit", "false"] = "omit"
+    # An empty (or blank) text is NULL: true for every mapped column, or a list of the source
+    # columns it applies to (Django stores a missing e-mail as '').
+    empty_as_null: bool | list[Identifier] = False
 
     @field_validator("custom_user_properties")
     @classmethod
@@ -268,6 +311,23 @@ class Config(_Model):
     metrics: MetricsConfig | None = None
 
     @model_validator(mode="after")
+    def _capture_fits_source(self) -> Config:
+        capture, source = self.capture, self.source
+        if capture.mode == "watermark" and not (capture.watermark_column or source.watermarks):
+            raise ValueError('[capture] mode = "watermark" needs `watermark_column` (or a '
+                             "`watermark_column` on a [[source.tables]] entry)")
+        if capture.mode == "watermark" and capture.watermark_column and source.watermarks:
+            raise ValueError("[capture] watermark_column and [[source.tables]] watermark_column "
+                             "both given: with [[source.tables]], name the watermark column on "
+                             "each table entry")
+        if isinstance(self.mapping.empty_as_null, list):
+            unknown = [c for c in self.mapping.empty_as_null if c not in self.mapping.columns()]
+            if unknown:
+                raise ValueError(f"[mapping] empty_as_null names {', '.join(unknown)}, which "
+                                 "no [mapping.*] entry maps")
+        return self
+
+    @model_validator(mode="after")
     def _destinations(self) -> Config:
         if self.blux is None and self.nachocode is None:
             raise ValueError("configure at least one destination: [blux] or [nachocode]")
@@ -281,8 +341,9 @@ class Config(_Model):
     def column_owners(self) -> dict[str, str]:
         owners = self.mapping.owners()
         owners[self.source.primary_key] = "[source] primary_key"
-        if self.capture.soft_delete_column:
-            owners[self.capture.soft_delete_column] = "[capture] soft_delete_column"
+        soft = self.capture.soft_delete_column
+        if soft and is_column(soft):
+            owners[soft] = "[capture] soft_delete_column"
         if self.capture.created_column:
             owners.setdefault(self.capture.created_column, "[capture] created_column")
         if self.capture.watermark_column and self.capture.mode == "watermark":

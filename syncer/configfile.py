@@ -157,7 +157,13 @@ def _describe(error: Mapping[str, Any]) -> str:
         if kind == "extra_forbidden":
             return f"[{loc[0]}] is not a known table (check the spelling)"
         return f"[{loc[0]}] {message}"
-    return f"[{'.'.join(loc[:-1])}] {loc[-1]} {message}"
+    head = loc[:-1]
+    entry = next((i for i, part in enumerate(head) if part.isdigit()), None)
+    if entry is not None:   # an array of tables: [[source.tables]] entry 2: key is missing
+        rest = " ".join(head[entry + 1:])
+        return (f"[[{'.'.join(head[:entry])}]] entry {int(head[entry]) + 1}"
+                f"{' ' + rest if rest else ''}: {loc[-1]} {message}")
+    return f"[{'.'.join(head)}] {loc[-1]} {message}"
 
 
 # The API secrets: commands that send nothing (status, plan, migrate, outbox) do without them.

@@ -39,6 +39,7 @@ from syncer.errors import (
 from syncer.lanes import Batch, Lane
 from syncer.model import Endpoint, Op, Outcome, Status
 from syncer.ratelimit import AsyncRateLimiter, Pacer, Send
+from syncer.results import BulkProgress
 from syncer.retry import RetryPolicy
 
 log = structlog.get_logger("syncer.deliver")
@@ -61,6 +62,12 @@ class Observer(Protocol):
 
     def throttled(self, endpoint: Endpoint, seconds: float) -> None: ...
 
+    def bulk(self, progress: BulkProgress | None) -> None:
+        """Bulk work under way (None: none)."""
+
+    def live(self, users: int) -> None:
+        """Users sent ahead of bulk work by the live lane."""
+
 
 class NullObserver:
     def request(self, endpoint: Endpoint, status: str, seconds: float, size: int) -> None:
@@ -70,6 +77,12 @@ class NullObserver:
         pass
 
     def throttled(self, endpoint: Endpoint, seconds: float) -> None:
+        pass
+
+    def bulk(self, progress: BulkProgress | None) -> None:
+        pass
+
+    def live(self, users: int) -> None:
         pass
 
 
@@ -186,6 +199,29 @@ class Deliverer:
                 continue
             lane.push(op)
 
+    def cancel(self, ops: Sequence[Op]) -> bool:
+        """Take back operations that are still waiting in their queues (none in a request, none
+        with an outcome), all of them or none: True when they were taken back, and then they
+        get no outcome. Used when a newer reading of the same user supersedes them."""
+        by_lane: dict[Endpoint, list[Op]] = {}
+        for op in ops:
+            if id(op) not in self._open or op.endpoint not in self._lanes:
+                return False
+            by_lane.setdefault(op.endpoint, []).append(op)
+        lanes = [(self._lanes[ep], part) for ep, part in by_lane.items()]
+        if not all(lane.holds(part) for lane, part in lanes):
+            return False
+        for lane, part in lanes:
+            lane.withdraw(part)
+        for op in ops:
+            del self._open[id(op)]
+            self._outstanding -= 1
+        self._progress.set()
+        if self._outstanding <= 0:
+            self._outstanding = 0
+            self._idle.set()
+        return True
+
     def report(self) -> DeliveryReport:
         return DeliveryReport({ep: lane.requests for ep, lane in self._lanes.items()
                                if lane.requests},
@@ -217,17 +253,21 @@ class Deliverer:
     # -- internals
 
     def _resolve(self, ops: Sequence[Op], status: Status, reason: str = "",
-                 transient: bool = False) -> None:
+                 transient: bool = False, sent_at: float | None = None,
+                 answer: int | None = None) -> None:
         """Give each operation its one outcome; an operation that already has one is skipped,
-        and a failing callback is logged, so the count of open operations stays exact."""
+        and a failing callback is logged, so the count of open operations stays exact.
+        ``sent_at``: when the request that settled them left (the audit trail's times)."""
         if status is Status.PENDING and ops and reason:
             self._pending[ops[0].endpoint] = reason
+        acked_at = self._wall() if sent_at is not None else None
         for op in ops:
             if self._open.pop(id(op), None) is None:
                 continue
             self._outstanding -= 1
             try:
-                self.on_outcome(Outcome(op, status, reason, transient))
+                self.on_outcome(Outcome(op, status, reason, transient, sent_at, acked_at,
+                                        answer))
             except Exception:
                 log.exception("delivery.outcome_failed", endpoint=str(op.endpoint),
                               user_id=op.user_id)
@@ -254,30 +294,39 @@ class Deliverer:
             lane.wake.set()
 
     async def _worker(self, lane: Lane) -> None:
+        """One endpoint's sends: a free place in flight, then the next send slot, and only
+        then the batch, so that what is most urgent at the moment the request leaves is in
+        it (an operation that arrives while sends wait for their slots does not queue behind
+        batches already made)."""
         while True:
-            batch = lane.take(self._feeding)
-            if batch is None:
+            if not lane.can_take(self._feeding):
                 if self._closing or not self._accepting:
                     return
                 lane.wake.clear()
                 await lane.wake.wait()
                 continue
             if lane.blocked is not None:
-                self._resolve(batch.ops, Status.PENDING, lane.blocked)
+                self._drop_queue(lane, lane.blocked)
                 continue
+            await lane.slots.acquire()
             try:
-                await lane.slots.acquire()
-            except asyncio.CancelledError:
-                self._resolve(batch.ops, Status.PENDING, STOPPING)
+                slot = await self._pace(lane)
+                batch = lane.take(self._feeding) if slot is not None else None
+            except BaseException:
+                lane.slots.release()
                 raise
-            task = asyncio.create_task(self._send(lane, batch))
+            if batch is None:   # stopped or blocked meanwhile, or taken back
+                lane.slots.release()
+                continue
+            assert slot is not None
+            task = asyncio.create_task(self._send(lane, batch, slot))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _pace(self, lane: Lane) -> Send | None:
-        """Wait for the endpoint's next send slot, right before the request leaves; None when
-        the pass stopped or the endpoint was blocked meanwhile. The caller reports on the slot
-        when the request was really written (see :mod:`syncer.ratelimit`)."""
+        """Wait for the endpoint's next send slot; None when the pass stopped or the endpoint
+        was blocked meanwhile. The sender reports on the slot when the request was really
+        written (see :mod:`syncer.ratelimit`)."""
         task = asyncio.current_task()
         assert task is not None
         self._pacing.add(task)
@@ -291,19 +340,12 @@ class Deliverer:
             self._pacing.discard(task)
         return slot if lane.blocked is None and self._accepting else None
 
-    async def _send(self, lane: Lane, batch: Batch) -> None:
+    async def _send(self, lane: Lane, batch: Batch, slot: Send) -> None:
         endpoint = lane.endpoint
         try:
-            request = lane.sender.build(batch.ops)   # before the slot: the slot is for sending
-            try:
-                slot = await self._pace(lane)
-            except asyncio.CancelledError:
-                self._resolve(batch.ops, Status.PENDING, STOPPING)
-                return
-            if slot is None:
-                self._resolve(batch.ops, Status.PENDING, lane.blocked or STOPPING)
-                return
+            request = lane.sender.build(batch.ops)
             started = self._clock()
+            batch.sent_at = self._wall()
             lane.requests += 1
             error: DeliveryError | None
             try:
@@ -319,7 +361,8 @@ class Deliverer:
             if error is None:
                 lane.rejected_in_a_row = 0
                 lane.successes += 1
-                self._resolve(batch.ops, Status.DELIVERED)
+                self._resolve(batch.ops, Status.DELIVERED, sent_at=batch.sent_at,
+                              answer=answer.status)
             else:
                 self._failed(lane, batch, error)
         except asyncio.CancelledError:
@@ -379,7 +422,7 @@ class Deliverer:
         if len(batch.ops) == 1:
             log.warning("delivery.quarantined", endpoint=str(lane.endpoint),
                         user_id=batch.ops[0].user_id, reason=str(error))
-            self._resolve(batch.ops, Status.QUARANTINED, str(error))
+            self._resolve(batch.ops, Status.QUARANTINED, str(error), sent_at=batch.sent_at)
             return
         half = len(batch.ops) // 2
         self.observer.retry(lane.endpoint, "split")
@@ -449,7 +492,8 @@ class Deliverer:
                    "now)")
             log.warning("delivery.quarantined", endpoint=str(endpoint),
                         user_id=batch.ops[0].user_id, reason=why)
-            self._resolve(batch.ops, Status.QUARANTINED, why, transient=True)
+            self._resolve(batch.ops, Status.QUARANTINED, why, transient=True,
+                          sent_at=batch.sent_at)
             return
         log.warning("delivery.gave_up", endpoint=str(endpoint), size=len(batch.ops),
                     attempts=batch.attempts, reason=str(error))

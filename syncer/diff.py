@@ -21,6 +21,7 @@ from syncer.model import (
     URGENT,
     Delivered,
     Endpoint,
+    HistoryEntry,
     Op,
     OpKind,
     Outcome,
@@ -145,8 +146,10 @@ def _waits(held: Quarantine | None, fingerprint: bytes, retry: bool = False,
 
 
 def settle(record: UserRecord, state: UserState | None, outcomes: Sequence[Outcome],
-           key_int: int | None, source_key: str | None) -> UserWrite:
-    """The state row to write for this user once all its operations have an outcome."""
+           key_int: int | None, source_key: str | None,
+           history: tuple[HistoryEntry, ...] = ()) -> UserWrite:
+    """The state row to write for this user once all its operations have an outcome (with its
+    audit-trail entries)."""
     got = _Settled.of(outcomes, state)
     quarantine_clear = got.quarantine_clear + _stale_quarantines(record, state, got)
     held = [*got.quarantine_set, *_still_held(state, got, quarantine_clear)]
@@ -179,6 +182,7 @@ def settle(record: UserRecord, state: UserState | None, outcomes: Sequence[Outco
         seen_alive=seen or not record.deleted,
         identity=(state.identity if state else None) if record.deleted else record.identity,
         recreating=recreating,
+        history=history,
     )
 
 

@@ -14,7 +14,17 @@ import structlog
 from syncer import diff, normalize
 from syncer.clock import utcnow
 from syncer.mapping import CONSENTS
-from syncer.model import Endpoint, KeyKind, Op, Outcome, UserRecord, UserState, UserWrite
+from syncer.model import (
+    LIVE,
+    Endpoint,
+    HistoryEntry,
+    KeyKind,
+    Op,
+    Outcome,
+    UserRecord,
+    UserState,
+    UserWrite,
+)
 from syncer.normalize import Invalid
 from syncer.results import PassCounts
 from syncer.runtime import Runtime
@@ -34,11 +44,13 @@ class Work:
     ops: list[Op]
     outcomes: list[Outcome] = field(default_factory=list)
     write: UserWrite | None = None   # what to record when there is nothing to send
+    live: bool = False               # found by the live capture (see syncer.live)
+    seq: int = 0                     # examined after every work with a lower one
 
-    def settled(self) -> UserWrite:
-        """The state row once every operation has its outcome."""
+    def settled(self, history: tuple[HistoryEntry, ...] = ()) -> UserWrite:
+        """The state row once every operation has its outcome (with its audit trail)."""
         return self.write or diff.settle(self.record, self.state, self.outcomes, self.key_int,
-                                         self.source_key)
+                                         self.source_key, history)
 
     @property
     def deletes(self) -> bool:
@@ -64,19 +76,29 @@ class Examiner:
         self.rt = rt
         self.rules = rules
         self.counts = counts
-        self.seen_keys: set[object] = set()   # source keys examined in this pass
+        self.seen_keys: set[object] = set()   # source keys examined in this pass (see below)
         self.seen_uids: set[str] = set()      # and their user ids (for keys that are not ints)
         self.recreated = False                # a re-created user waits for the next pass
+        self._seq = 0
 
-    def examine(self, keys: Sequence[object]) -> list[Work]:
-        """Read these users' rows, map them, and diff them against the state."""
+    def examine(self, keys: Sequence[object], live: bool = False) -> list[Work]:
+        """Read these users' rows, map them, and diff them against the state. ``live``: found
+        by the live capture, examined again even if the bulk already was (a newer reading),
+        and sent ahead of the bulk."""
         self.rt.beat()
-        records = self._records(keys)
+        records = self._records(keys, live)
         states = self.rt.state.ledger.lookup(list(records))
         now = utcnow()
-        return [self._diff(record, states.get(uid), now) for uid, record in records.items()]
+        works = [self._diff(record, states.get(uid), now) for uid, record in records.items()]
+        self._seq += 1
+        for work in works:
+            work.seq = self._seq
+            if live:
+                work.live = True
+                work.ops = [replace(op, priority=op.priority - LIVE) for op in work.ops]
+        return works
 
-    def _records(self, keys: Sequence[object]) -> dict[str, UserRecord]:
+    def _records(self, keys: Sequence[object], live: bool = False) -> dict[str, UserRecord]:
         """What the source says about these keys: a row, or a deletion for a key with none."""
         records: dict[str, UserRecord] = {}
         twice: set[str] = set()
@@ -98,9 +120,17 @@ class Examiner:
             wanted = normalize.user_id_or_none(key)
             if wanted is not None and wanted not in records and wanted not in twice:
                 records[wanted] = UserRecord(wanted, key, None, deleted=True)
+        self._once(records, live)
+        return records
+
+    def _once(self, records: dict[str, UserRecord], live: bool) -> None:
+        """Each user once per pass: a key the pass examined already is left out (a live
+        reading is a newer one, and is kept)."""
         by_int = self.rules.key_kind is KeyKind.INT
         for uid, record in list(records.items()):
-            if record.source_key in self.seen_keys:      # the same key named twice: once
+            if live:
+                pass   # a newer reading of a user the bulk may have examined already
+            elif record.source_key in self.seen_keys:      # the same key named twice: once
                 del records[uid]
             elif not by_int and uid in self.seen_uids:
                 if not record.deleted:
@@ -109,10 +139,12 @@ class Examiner:
                                      "that differ only by surrounding spaces?); only that one "
                                      "was sent")
                 del records[uid]
-        self.seen_keys.update(r.source_key for r in records.values())
+        if live or not by_int:
+            # Integer keys from the capture are distinct already (a million of them would
+            # cost memory for nothing): only those the live lane examined are kept.
+            self.seen_keys.update(r.source_key for r in records.values())
         if not by_int:   # distinct integers cannot share a user id
             self.seen_uids.update(records)
-        return records
 
     def _diff(self, record: UserRecord, state: UserState | None, now: dt.datetime) -> Work:
         """What to send for one user (and what to record when nothing is)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from syncer.destinations import Sender
-from syncer.model import URGENT, Endpoint, Op
+from syncer.model import NORMAL, URGENT, Endpoint, Op
 from syncer.ratelimit import AsyncRateLimiter
 
 # A batch that keeps getting 5xx or timeouts while the endpoint accepts other requests carries a
@@ -34,6 +34,7 @@ class Batch:
     narrowing: bool = False           # a part of a batch that kept failing with 5xx/timeouts
     failing_since: tuple[int, int] | None = None  # the lane's (successes, failures) then
     own_failures: int = 0             # of this batch and of those it was split from
+    sent_at: float | None = None      # wall time its last request left (the audit trail)
 
     @property
     def urgent(self) -> bool:
@@ -69,6 +70,15 @@ class Lane:
         heapq.heappush(self.ready, (batch.priority, next(_order), batch))
         self.wake.set()
 
+    def can_take(self, feeding: bool) -> bool:
+        """Whether :meth:`take` would hand out a batch now."""
+        if self.ready:
+            return True
+        waiting = [p for p, q in self.queues.items() if q]
+        if not waiting:
+            return False
+        return min(waiting) < NORMAL or not feeding or self.queued() >= self.sender.batch_size
+
     def take(self, feeding: bool) -> Batch | None:
         """The next batch: a retry or a part first (unless more urgent work waits), then new
         operations, most urgent first, topped up with less urgent ones. While operations are
@@ -81,7 +91,7 @@ class Lane:
         if best is None:
             return None
         size = self.sender.batch_size
-        if best > URGENT and feeding and self.queued() < size:
+        if best >= NORMAL and feeding and self.queued() < size:
             return None
         ops: list[Op] = []
         for priority in waiting:
@@ -89,6 +99,24 @@ class Lane:
             while queue and len(ops) < size:
                 ops.append(queue.popleft())
         return Batch(ops, best)
+
+    def holds(self, ops: list[Op]) -> bool:
+        """Whether every one of these operations still waits in the queues (none taken into a
+        request yet)."""
+        for op in ops:
+            queue = self.queues.get(op.priority)
+            if queue is None or not any(o is op for o in queue):
+                return False
+        return True
+
+    def withdraw(self, ops: list[Op]) -> None:
+        """Take these operations (see :meth:`holds`) out of the queues."""
+        for op in ops:
+            queue = self.queues[op.priority]
+            for i, o in enumerate(queue):
+                if o is op:
+                    del queue[i]
+                    break
 
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values())

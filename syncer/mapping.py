@@ -81,6 +81,9 @@ class Mapping:
         self.user_properties = config.user_property_columns()
         self.custom_properties = dict(config.custom_user_properties)
         self.null_consents_false = config.null_consents == "false"
+        # Source columns whose empty (or blank) text means NULL ([mapping] empty_as_null).
+        self.empty_as_null: frozenset[str] = frozenset(
+            config.columns() if config.empty_as_null is True else config.empty_as_null or ())
         self._config = config.model_dump(mode="json")
         self.columns = config.columns()
         if created_column and created_column not in self.columns:
@@ -143,6 +146,8 @@ class Mapping:
         out: list[tuple[str, JsonScalar]] = []
         for name, column in fields.items():
             raw = values.get(column)
+            if isinstance(raw, str) and column in self.empty_as_null and not raw.strip():
+                raw = None
             no_means_false = self.null_consents_false and not prefix and name in CONSENTS
             if raw is None:
                 if no_means_false:

@@ -23,9 +23,10 @@ from prometheus_client import (
     generate_latest,
 )
 
+from syncer import history
 from syncer.clock import utcnow
-from syncer.model import Endpoint
-from syncer.results import DELIVERED, PassOutcome, PassResult
+from syncer.model import Endpoint, HistoryEntry, Operation, Result
+from syncer.results import DELIVERED, BulkProgress, PassOutcome, PassResult
 
 
 class Metrics:
@@ -69,8 +70,23 @@ class Metrics:
         self.destination_up = Gauge("syncer_destination_up",
                                     "0 while a destination refuses the credentials, 1 otherwise.",
                                     ["destination"], registry=r)
+        self.withdrawal_lag = Histogram(
+            "syncer_consent_withdrawal_lag_seconds",
+            "From the commit of a consent withdrawal (kind=consent) or a deletion "
+            "(kind=deletion) to the destination's acknowledgement, where the capture knows the "
+            "commit (outbox, watermark).", ["destination", "kind"], registry=r,
+            buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600, 21600, 86400))
         self.leader = Gauge("syncer_leader", "1 while this instance holds the sender lock.",
                             registry=r)
+        self.bulk_total = Gauge("syncer_bulk_users", "Users in the bulk work under way (an "
+                                "initial load, a reconcile, a backlog), by kind; 0 when none.",
+                                ["kind"], registry=r)
+        self.bulk_done = Gauge("syncer_bulk_users_done", "Users of the bulk work under way "
+                               "examined so far, by kind.", ["kind"], registry=r)
+        self.bulk_eta = Gauge("syncer_bulk_eta_seconds", "Estimated time left for the bulk "
+                              "work under way (0 when none).", registry=r)
+        self.live_users = Counter("syncer_live_users_total", "Users sent ahead of bulk work by "
+                                  "the live lane.", registry=r)
 
     # -- delivery observer
 
@@ -83,6 +99,28 @@ class Metrics:
 
     def throttled(self, endpoint: Endpoint, seconds: float) -> None:
         self.rate_wait.labels(str(endpoint)).inc(seconds)
+
+    def bulk(self, progress: BulkProgress | None) -> None:
+        for kind in ("initial", "reconcile", "backlog"):
+            on = progress is not None and progress.kind == kind
+            self.bulk_total.labels(kind).set(progress.total if on and progress else 0)
+            self.bulk_done.labels(kind).set(progress.done if on and progress else 0)
+        eta = progress.eta_seconds() if progress is not None else None
+        self.bulk_eta.set(eta or 0.0)
+
+    def live(self, users: int) -> None:
+        self.live_users.inc(users)
+
+    def acknowledged(self, entries: Iterable[HistoryEntry]) -> None:
+        """Audit-trail entries just recorded: the lag of each consent withdrawal and deletion."""
+        for entry in entries:
+            lag = history.lag_seconds(entry)
+            if lag is None or entry.result is Result.REFUSED:
+                continue
+            if entry.operation is not Operation.UPDATE:
+                self.withdrawal_lag.labels(entry.destination, "deletion").observe(lag)
+            elif history.consent_withdrawal(entry):
+                self.withdrawal_lag.labels(entry.destination, "consent").observe(lag)
 
     # -- passes
 

@@ -131,8 +131,13 @@ class Endpoint(enum.StrEnum):
         return self.value.split(".", 1)[0]
 
 
-URGENT: Final = 0
-NORMAL: Final = 1
+# Operation priorities, most urgent first. The diff gives URGENT (a deletion, a withdrawal, a
+# consent turning false) or NORMAL; operations found by the live capture while bulk work is being
+# sent (see :mod:`syncer.live`) go one step ahead of the bulk ones of their kind: live urgent 0,
+# bulk urgent 1, live normal 2, bulk normal 3.
+URGENT: Final = 1
+NORMAL: Final = 3
+LIVE: Final = 1   # subtracted from the priority of a live operation
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +172,9 @@ class Outcome:
     status: Status
     reason: str = ""
     transient: bool = False  # quarantined for 5xx/timeouts that only this user gets
+    sent_at: float | None = None    # wall time (Unix) the request that settled it left
+    acked_at: float | None = None   # ... and its answer arrived
+    answer: int | None = None       # that answer's HTTP status (nachocode 410: already withdrawn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,3 +194,42 @@ class UserWrite:
     seen_alive: bool = False
     identity: int | None = None
     recreating: bool = False
+    history: tuple[HistoryEntry, ...] = ()   # the audit trail's entries, in the same transaction
+
+
+class Operation(enum.StrEnum):
+    """What the audit trail calls an operation."""
+
+    UPDATE = "update"
+    DELETE = "delete"
+    WITHDRAW = "withdraw"
+
+
+class Result(enum.StrEnum):
+    """How a destination answered an operation, as the audit trail keeps it."""
+
+    DELIVERED = "delivered"
+    ALREADY_WITHDRAWN = "already_withdrawn"   # nachocode 410: what was wanted
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One operation a destination acknowledged or refused, as the audit trail keeps it: field
+    names only (consents with their new value, e.g. ``marketing_notification_consent=false``),
+    never a field's value otherwise."""
+
+    user_id: str
+    destination: str
+    endpoint: str
+    operation: Operation
+    result: Result
+    fields: tuple[str, ...]
+    consents: tuple[tuple[str, bool], ...]
+    pass_id: int | None
+    sent_at: dt.datetime | None
+    acked_at: dt.datetime
+    committed_at: dt.datetime | None = None   # the change's commit (outbox row, watermark)
+    reason: str = ""
+    whole: bool = False                       # an update carrying every field (new there)
+    id: int | None = None                     # its row, once stored

@@ -25,10 +25,19 @@ from syncer.config import Config
 from syncer.deliver import Deliverer, DeliveryReport
 from syncer.errors import ConfigError, SafetyValveTripped, SyncerError
 from syncer.examine import Examiner, Rules, Work
+from syncer.live import LiveLane, Turn, turn
 from syncer.model import Outcome, Status
 from syncer.plan import Plan
-from syncer.recorder import Recorder
-from syncer.results import DELIVERED, PassCounts, PassKind, PassOutcome, PassResult
+from syncer.recorder import Recorder, prune_history
+from syncer.results import (
+    BULK,
+    DELIVERED,
+    BulkProgress,
+    PassCounts,
+    PassKind,
+    PassOutcome,
+    PassResult,
+)
 from syncer.runtime import Runtime
 
 log = structlog.get_logger("syncer.pipeline")
@@ -36,6 +45,8 @@ log = structlog.get_logger("syncer.pipeline")
 Progress = Callable[[str, int, int | None], None]
 
 PRUNE_BATCH: Final = 500   # old passes deleted after each pass, at most
+BULK_CHUNKS: Final = 4     # a pass with this many chunks to send or more is bulk work
+BULK_EVERY: Final = 5.0    # seconds between two records of its progress
 # A first pass looks at this many passes for one that completed (a state can hold passes and no
 # user: every pass so far failed before recording anyone).
 _HISTORY: Final = 50
@@ -61,7 +72,10 @@ class _Pass:
         self.examiner = Examiner(rt, self.rules, self.counts)
         self.recorder = Recorder(rt)
         self.deliverer: Deliverer | None = None
-        self.tracking: dict[str, Work] = {}
+        self.tracking: dict[str, Work] = {}   # one work per user in flight at a time
+        self.parked: dict[str, object] = {}    # user id -> key to examine again once it settles
+        self.live: LiveLane | None = None
+        self._again_tasks: set[asyncio.Future[None]] = set()
         self.initial = False
         self.more = False
         self.settled = 0          # candidates done with for this pass (nothing left pending)
@@ -78,6 +92,7 @@ class _Pass:
         if not self.dry_run:
             pass_id = await rt.in_state(rt.state.passes.start, self.kind, mode, utcnow(),
                                         rt.instance)
+            self.recorder.pass_id = pass_id
         log.info("pass.started", kind=self.kind, mode=mode, pass_id=pass_id)
         report: DeliveryReport | None = None
         try:
@@ -124,6 +139,7 @@ class _Pass:
                           utcnow(), self.kind)
         try:   # keep the history within [state] keep_passes, a small batch after each pass
             await rt.in_state(rt.state.passes.prune, rt.config.state.keep_passes, PRUNE_BATCH)
+            await rt.in_state(prune_history, rt.state, rt.config.state.history_days)
         except SyncerError as exc:
             log.warning("state.prune_failed", error=str(exc))
 
@@ -236,6 +252,7 @@ class _Pass:
         rt = self.rt
         if found.purged:
             await rt.in_state(rt.state.ledger.forget_row_hashes, found.purged)
+        self.recorder.committed = found.committed
         self.recorder.start()
         try:
             async with rt.http_client() as client, Deliverer(
@@ -245,6 +262,7 @@ class _Pass:
             ) as deliverer:
                 self.deliverer = deliverer
                 watcher = asyncio.create_task(self._watch_stop())
+                live = self._start_live(found)
                 try:
                     try:
                         await self._feed(found)
@@ -252,21 +270,47 @@ class _Pass:
                         deliverer.feeding_done()
                     await deliverer.drain()
                 finally:
+                    if live is not None:
+                        await self._end_live(live)
                     watcher.cancel()
                     await self.recorder.close()
         finally:
             await self.recorder.flush()  # what was delivered is recorded, even when it fails
             if found.total:
                 rt.forget_known_users()
-        if found.commit is not None and not self._stopping():
+        if found.commit is not None and not self.stopping():
             await rt.in_source(found.commit)
-        if self._stopping():   # users not examined, or with a send still pending
+        if self.stopping():   # users not examined, or with a send still pending
             self.counts.totals["left"] = max(0, found.total - self.settled)
         self.more = self.more or self.examiner.recreated
         return deliverer.report()
 
-    def _stopping(self) -> bool:
-        return self.stop.is_set() or self.timed_out
+    def stopping(self) -> bool:
+        """The pass takes no new work: stopped, out of time, or its live lane failed."""
+        return self.stop.is_set() or self.timed_out or (
+            self.live is not None and self.live.error is not None)
+
+    def _start_live(self, found: Candidates) -> asyncio.Task[None] | None:
+        """The live lane beside the bulk, where the capture has one (see :mod:`syncer.live`)."""
+        if found.live is None:
+            return None
+        ctx = replace(self.rt.ctx, beat=self.rt.beat, stopping=self.stop.is_set)
+        schedule = self.rt.config.schedule
+        every = (schedule.gather_seconds if self.rt.config.capture.mode == "outbox"
+                 else schedule.interval_seconds)
+        self.live = LiveLane(self, found.live, ctx, every)
+        return asyncio.create_task(self.live.run(), name="live")
+
+    async def _end_live(self, task: asyncio.Task[None]) -> None:
+        """Let the live round under way finish (its users recorded), then the parked ones."""
+        assert self.live is not None and self.deliverer is not None
+        self.live.stop()
+        await task
+        await self.deliverer.drain()
+        if self.live.error is not None:
+            raise self.live.error
+        if self.live.rounds:
+            log.info("live.summary", rounds=self.live.rounds, users=self.live.users)
 
     async def _feed(self, found: Candidates) -> None:
         """Deletions first, all examined and weighed by the safety valve before any is sent;
@@ -282,28 +326,109 @@ class _Pass:
             done += len(keys)
         self.admit(deletions)
         self._submit(deletions)
-        for keys in self.segments(found, deletions=False):
-            if self._stopping():
-                break
-            works = await rt.in_source(self.examiner.examine, keys)
-            self.admit(works)
-            self._submit(works)
-            done += len(keys)
-            self._progress("deliver", done, found.total)
-            await self.deliverer.wait_below(2 * size)
+        bulk = await self._bulk_started(found)
+        try:
+            for keys in self.segments(found, deletions=False):
+                if self.stopping():
+                    break
+                works = await rt.in_source(self.examiner.examine, keys)
+                self.admit(works)
+                self._submit(works)
+                done += len(keys)
+                self._progress("deliver", done, found.total)
+                if bulk is not None:
+                    await self._bulk_progress(bulk, done)
+                await self.deliverer.wait_below(2 * size)
+        finally:
+            if bulk is not None:
+                rt.observer.bulk(None)
+                await rt.in_state(rt.state.cursors.set, BULK, None, utcnow())
+
+    async def _bulk_started(self, found: Candidates) -> BulkProgress | None:
+        """A pass with more than a few chunks to send is bulk work: kept in the state for
+        `syncer status` (how far, how long left) and in the metrics."""
+        if found.total < BULK_CHUNKS * self.rt.config.source.chunk_size:
+            return None
+        kind = ("initial" if self.initial else
+                "reconcile" if self.kind is PassKind.RECONCILE else "backlog")
+        now = time.time()
+        bulk = BulkProgress(kind, found.total, 0, now, now)
+        await self._bulk_progress(bulk, 0, force=True)
+        return bulk
+
+    async def _bulk_progress(self, bulk: BulkProgress, done: int, force: bool = False) -> None:
+        now = time.time()
+        bulk.done = done
+        if force or now - bulk.updated >= BULK_EVERY:
+            bulk.updated = now
+            self.rt.observer.bulk(bulk)
+            await self.rt.in_state(self.rt.state.cursors.set, BULK, bulk.to_json(), utcnow())
 
     def _submit(self, works: Sequence[Work]) -> None:
+        self.submit(works)
+
+    def submit(self, works: Sequence[Work], live: bool = False) -> None:
+        """Hand the works' operations to the deliverer, one work per user at a time: a newer
+        reading of a user replaces an older one still queued, or waits for it to settle (and
+        is then examined again); an older reading is dropped (see :func:`syncer.live.turn`)."""
         assert self.deliverer is not None
         for work in works:
+            uid = work.record.user_id
+            old = self.tracking.get(uid)
+            if old is not None and not self._supersedes(old, work):
+                continue
             if not work.ops:
                 if work.write is None:
                     self.counts.add("unchanged")
-                self.settled += 1
+                self._done_with(work)
                 self.recorder.add(work.settled())
                 continue
-            self.tracking[work.record.user_id] = work
+            self.tracking[uid] = work
             self.deliverer.submit(work.ops)
         self.recorder.nudge()
+
+    def _supersedes(self, old: Work, new: Work) -> bool:
+        """Whether ``new`` (another reading of ``old``'s user) goes to the deliverer now (see
+        :func:`syncer.live.turn`)."""
+        assert self.deliverer is not None
+        match turn(old, new, self.deliverer.cancel):
+            case Turn.REPLACE:
+                del self.tracking[old.record.user_id]
+                if not old.live:
+                    self.settled += 1
+                return True
+            case Turn.PARK:
+                self.parked[new.record.user_id] = new.record.source_key
+            case _:
+                self._done_with(new)
+        return False
+
+    def _done_with(self, work: Work) -> None:
+        if work.live:
+            if self.live is not None:
+                self.live.settled(work.record.user_id)
+        else:
+            self.settled += 1
+
+    def _examine_again(self, user_id: str) -> None:
+        """A live reading waited for an older one of the same user, which has settled now."""
+        task = asyncio.ensure_future(self._again(user_id, self.parked.pop(user_id)))
+        self._again_tasks.add(task)
+        task.add_done_callback(self._again_tasks.discard)
+
+    async def _again(self, user_id: str, key: object) -> None:
+        live = self.live
+        assert live is not None
+        try:
+            await self.recorder.flush()
+            works = await self.rt.in_source(self.examiner.examine, [key], True)
+            self.admit(works)
+            self.submit(works, live=True)
+            if not any(w.record.user_id == user_id for w in works):
+                live.settled(user_id)
+        except Exception as exc:   # the live lane reports it and the pass stops feeding
+            live.error = exc
+            live.settled(user_id)
 
     def on_outcome(self, outcome: Outcome) -> None:
         op = outcome.op
@@ -323,10 +448,14 @@ class _Pass:
             self.counts.pending[op.endpoint] += 1
         if len(work.outcomes) == len(work.ops):
             del self.tracking[op.user_id]
-            if all(o.status is not Status.PENDING for o in work.outcomes):
+            if work.live:
+                self._done_with(work)
+            elif all(o.status is not Status.PENDING for o in work.outcomes):
                 self.settled += 1
-            self.recorder.add(work.settled())
+            self.recorder.settle(work)
             self.recorder.nudge()
+            if op.user_id in self.parked:
+                self._examine_again(op.user_id)
 
     async def _watch_stop(self) -> None:
         deadline = (time.monotonic() + self.time_limit) if self.time_limit else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 
 from rich.console import Console
 from rich.markup import escape
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from syncer.clock import utcnow
 from syncer.commands import StatusReport
-from syncer.results import PassOutcome, PassResult
+from syncer.results import BulkProgress, PassOutcome, PassResult
 
 _COUNT_NAMES = {
     "scanned": "rows scanned",
@@ -131,6 +132,21 @@ def plan_report(console: Console, result: PassResult, show_values: bool = True) 
                       ", ".join(f"{k} {v}" for k, v in sorted(problems.items())))
 
 
+_BULK_KINDS = {"initial": "initial load", "reconcile": "reconcile",
+               "backlog": "backlog (a resync or a mass change)"}
+
+
+def bulk_line(bulk: BulkProgress, now: float) -> str:
+    """Bulk work under way, how far, and how long it has left; live changes go ahead of it."""
+    share = bulk.done / bulk.total if bulk.total else 1.0
+    eta = bulk.eta_seconds()
+    left = f", about {eta:.0f} s left" if eta is not None else ""
+    stale = now - bulk.updated
+    seen = f" (as of {stale:.0f} s ago)" if stale >= 1 else ""
+    return (f"bulk work: {_BULK_KINDS.get(bulk.kind, bulk.kind)}, {bulk.done} of {bulk.total} "
+            f"users ({share:.0%}){left}{seen}; live changes go ahead of it")
+
+
 def status_report(console: Console, report: StatusReport) -> None:
     c = report.counts
     console.print(f"known users {c.known}, deleted {c.gone}, pending {c.dirty}; "
@@ -141,6 +157,8 @@ def status_report(console: Console, report: StatusReport) -> None:
         by = ", ".join(f"{k} {v}" for k, v in sorted(report.pending_by_endpoint.items()))
         console.print(f"lag: the oldest pending user has waited since "
                       f"{_ago(report.oldest_pending)}" + (f" (last pass: {by})" if by else ""))
+    if report.bulk is not None:
+        console.print(bulk_line(report.bulk, time.time()))
     health = Table("destination", "health", "users held", "deleted/withdrawn", "quarantined")
     for dest, state in report.destinations.items():
         held = str(c.delivered.get(dest, 0)) if dest == "blux" else "-"

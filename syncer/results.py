@@ -8,6 +8,7 @@ and per endpoint what was requested, left pending or quarantined.
 from __future__ import annotations
 
 import enum
+import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -151,3 +152,42 @@ class PassResult:
     @property
     def exit_code(self) -> int:
         return self.outcome.exit_code
+
+
+# The cursors entry where a pass keeps its bulk work in progress (for `syncer status`).
+BULK: Final = "bulk"
+
+
+@dataclass(slots=True)
+class BulkProgress:
+    """Bulk work under way in a pass: an initial load, a reconcile, or a large backlog (a
+    resync, a mass change). Times are Unix seconds."""
+
+    kind: str      # initial | reconcile | backlog
+    total: int     # users to examine
+    done: int
+    started: float
+    updated: float
+
+    def eta_seconds(self) -> float | None:
+        """Time left at the pace so far (None before there is a pace)."""
+        spent = self.updated - self.started
+        if self.done <= 0 or spent <= 0:
+            return None
+        return max(0.0, (self.total - self.done) * spent / self.done)
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "total": self.total, "done": self.done,
+                           "started": self.started, "updated": self.updated})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> BulkProgress | None:
+        """The stored progress; None when there is none (or it cannot be read)."""
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            return cls(str(data["kind"]), int(data["total"]), int(data["done"]),
+                       float(data["started"]), float(data["updated"]))
+        except (ValueError, KeyError, TypeError):
+            return None

@@ -16,9 +16,11 @@ import httpx
 
 from syncer import __version__, fingerprint_key
 from syncer.capture import Capture, CaptureContext
+from syncer.capture.blind_spots import blind_spots
 from syncer.capture.outbox import OutboxCapture
 from syncer.capture.snapshot import SnapshotCapture
 from syncer.capture.watermark import WatermarkCapture
+from syncer.capture.watermark_tables import TablesWatermarkCapture
 from syncer.config import Config
 from syncer.deliver import NullObserver, Observer
 from syncer.destinations import Sender
@@ -169,9 +171,12 @@ class Runtime:
         mode = self.config.capture.mode
         if reconcile or mode == "snapshot":
             return SnapshotCapture()
+        notes = blind_spots(self.config)
+        if mode == "watermark" and self.config.source.watermarks:
+            return TablesWatermarkCapture(self.config.capture, self.config.source, notes)
         if mode == "watermark":
-            return WatermarkCapture(self.config.capture)
-        return OutboxCapture(self.config.capture, self.config.source)
+            return WatermarkCapture(self.config.capture, notes)
+        return OutboxCapture(self.config.capture, self.config.source, notes)
 
     def check(self) -> None:
         """Fail fast on a source that cannot serve this config (missing table or columns, or

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, bindparam, inspect, text
 from sqlalchemy import types as satypes
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
-from syncer.config import CaptureConfig, SourceConfig
+from syncer.config import CaptureConfig, SourceConfig, is_column
 from syncer.databases import create_source_engine, describe_error
 from syncer.errors import ConfigError, SourceError
 from syncer.model import KeyKind, RawRow
@@ -89,7 +89,7 @@ class Source:
         """SQL computing the signed 64-bit row hash of key + mapped columns + soft-delete column."""
         parts = [self.pk, *(self.q(c) for c in self.columns)]
         if self.soft_delete:
-            parts.append(self.q(self.soft_delete))
+            parts.append(self._soft_expr())
         joined = ", ".join(parts)
         if self.dialect == "postgresql":
             return f"hashtextextended(ROW({joined})::text, {self.seed})"
@@ -108,7 +108,10 @@ class Source:
         return f"{self.pk} COLLATE BINARY"
 
     def _soft_expr(self) -> str:
-        return self.q(self.soft_delete) if self.soft_delete else "NULL"
+        """The soft-delete column, or its expression (``NOT is_active``) in parentheses."""
+        if not self.soft_delete:
+            return "NULL"
+        return self.q(self.soft_delete) if is_column(self.soft_delete) else f"({self.soft_delete})"
 
     def _light_head(self, expr: str) -> str:
         """What a read without the mapped values returns: key, row hash, soft-delete flag, and
@@ -125,7 +128,7 @@ class Source:
         """Connect, and make sure the table (or query) has the key and every mapped column."""
         wanted = [self.config.primary_key, *self.columns]
         for extra in (self.soft_delete, self.watermark):
-            if extra:
+            if extra and is_column(extra):
                 wanted.append(extra)
         with self.connect() as conn:
             try:
@@ -145,6 +148,7 @@ class Source:
             except SQLAlchemyError as exc:
                 raise SourceError(f"cannot read {self.description}: {describe_error(exc)}") \
                     from exc
+        self._check_soft_delete_expression()
         missing = [c for c in dict.fromkeys(wanted) if c not in have]
         if missing:
             where = f"table {self.config.table!r}" if self.config.table else "the [source] query"
@@ -155,6 +159,19 @@ class Source:
                 problems.append(f"{owner} = {column!r}: {where} has no column {column!r}"
                                 + (f" (did you mean {hint[0]!r}?)" if hint else ""))
             raise ConfigError(problems)
+
+    def _check_soft_delete_expression(self) -> None:
+        """A soft-delete expression (``NOT is_active``) the database cannot evaluate is a
+        config error, named by its key."""
+        if not self.soft_delete or is_column(self.soft_delete):
+            return
+        try:
+            with self.connect() as conn:
+                conn.exec_driver_sql(f"SELECT {self._soft_expr()} FROM {self.relation} "
+                                     "WHERE 1 = 0")
+        except SQLAlchemyError as exc:
+            raise ConfigError(f"[capture] soft_delete_column = {self.soft_delete!r}: the "
+                              f"database cannot evaluate it ({describe_error(exc)})") from None
 
     def key_kind(self) -> KeyKind:
         """How keys are ordered: from the column's type, else from a sample value (until the

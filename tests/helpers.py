@@ -251,7 +251,8 @@ def free_port() -> int:
 
 def write_config(tmp_path: Path, source_url: str, server: SandboxServer, state_url: str, *,
                  interval: float = 0.5, metrics_port: int | None = None,
-                 extra: str = "") -> Path:
+                 extra: str = "", mode: str = "snapshot",
+                 watermark_column: str | None = None) -> Path:
     path = tmp_path / f"config-{time.monotonic_ns()}.toml"
     metrics = f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n' if metrics_port else ""
     path.write_text(f"""
@@ -260,8 +261,9 @@ url = "{source_url}"
 table = "users"
 
 [capture]
-mode = "snapshot"
+mode = "{mode}"
 soft_delete_column = "deleted_at"
+{f'watermark_column = "{watermark_column}"' if watermark_column else ""}
 
 [schedule]
 interval_seconds = {interval}

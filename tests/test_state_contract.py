@@ -7,11 +7,23 @@ import os
 import stat
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from syncer.model import Delivered, Endpoint, FieldProblem, KeyKind, Quarantine, UserWrite
+from syncer.errors import StateError
+from syncer.model import (
+    Delivered,
+    Endpoint,
+    FieldProblem,
+    HistoryEntry,
+    KeyKind,
+    Operation,
+    Quarantine,
+    Result,
+    UserWrite,
+)
 from syncer.results import PassCounts, PassKind, PassOutcome
 from syncer.state import StateStore
 from syncer.state.memory import MemoryStateStore
@@ -257,3 +269,53 @@ def test_pass_counts_of_earlier_versions_are_read_after_the_upgrade(tmp_path: Pa
     assert counts.requests == Counter({Endpoint.BLUX_UPDATE: 1})
     assert counts.problems == Counter({"phone_number": 1})
     assert counts.credentials == {"blux"} and counts.held == {Endpoint.NACHOCODE_WITHDRAW}
+
+
+def entry(uid: str, acked: dt.datetime, op: Operation = Operation.UPDATE,
+          **kw: object) -> HistoryEntry:
+    base: dict[str, object] = {
+        "destination": "blux", "endpoint": "blux.update", "operation": op,
+        "result": Result.DELIVERED, "fields": ("custom.name", "marketing_notification_consent"),
+        "consents": (("marketing_notification_consent", False),), "pass_id": 3,
+        "sent_at": acked - dt.timedelta(seconds=1), "acked_at": acked}
+    base.update(kw)
+    return HistoryEntry(uid, **base)  # type: ignore[arg-type]
+
+
+def test_history_is_written_with_the_users_and_read_back(store: StateStore) -> None:
+    first = entry("1", T0, committed_at=T0 - dt.timedelta(seconds=5))
+    gone = entry("1", T0 + dt.timedelta(hours=1), Operation.WITHDRAW, destination="nachocode",
+                 endpoint="nachocode.withdraw", result=Result.ALREADY_WITHDRAWN, fields=(),
+                 consents=())
+    store.ledger.write([w("1", history=(first,)), w("2")], T0)
+    store.ledger.write([w("1", history=(gone,))], T0)
+    got = store.history.timeline("1")
+    assert [replace(e, id=None) for e in got] == [first, gone]
+    assert got[0].id is not None and got[1].id is not None and got[0].id < got[1].id
+    assert [e.destination for e in store.history.timeline("1", "nachocode")] == ["nachocode"]
+    assert store.history.timeline("2") == []
+    window = list(store.history.between(T0 + dt.timedelta(minutes=1), None))
+    assert [e.operation for e in window] == [Operation.WITHDRAW]
+    plain = entry("3", T0, consents=())
+    store.ledger.write([w("3", history=(plain,))], T0)
+    assert [e.user_id for e in store.history.between(None, None, plain_updates=False)] == \
+        ["1", "1"]
+
+
+def test_history_is_pruned_oldest_first_in_batches(store: StateStore) -> None:
+    store.ledger.write([w(str(i), history=(entry(str(i), T0 + dt.timedelta(days=i)),))
+                        for i in range(5)], T0)
+    assert store.history.prune(T0 + dt.timedelta(days=3), 2) == 2
+    assert store.history.prune(T0 + dt.timedelta(days=3), 2) == 1
+    assert store.history.prune(T0 + dt.timedelta(days=3), 2) == 0
+    assert [e.user_id for e in store.history.between(None, None)] == ["3", "4"]
+
+
+def test_a_failed_write_leaves_no_history(tmp_path: Path) -> None:
+    store = SqlStateStore.from_url(f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        with pytest.raises(StateError):   # a key the database cannot hold fails the write
+            store.ledger.write([w("1", history=(entry("1", T0),)), w("2", key_int=2**70)], T0)
+        assert store.history.timeline("1") == []
+    finally:
+        store.close()

@@ -13,10 +13,12 @@ do once the pass has recorded its results (advance a cursor, remove handled outb
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from syncer import normalize
 from syncer.mapping import Mapping, identity_of
@@ -25,12 +27,44 @@ from syncer.normalize import Invalid
 from syncer.source import Source
 from syncer.state import ScanRow, StateStore
 
+if TYPE_CHECKING:
+    from syncer.live import LiveReader
+
+
+class Keys:
+    """Keys in the order the capture found them, compact: 64-bit integers (the usual primary
+    key) in an array, 8 bytes each instead of about 40 in a list; any other key turns it into a
+    list. An initial load of a million users holds a million of them."""
+
+    __slots__ = ("_ints", "_other")
+
+    def __init__(self, keys: Iterable[object] = ()) -> None:
+        self._ints = array("q")
+        self._other: list[object] | None = None
+        for key in keys:
+            self.append(key)
+
+    def append(self, key: object) -> None:
+        if self._other is None:
+            if type(key) is int and -(2**63) <= key < 2**63:
+                self._ints.append(key)
+                return
+            self._other = list(self._ints)
+            self._ints = array("q")
+        self._other.append(key)
+
+    def __len__(self) -> int:
+        return len(self._other) if self._other is not None else len(self._ints)
+
+    def __iter__(self) -> Iterator[object]:
+        return iter(self._other if self._other is not None else self._ints)
+
 
 @dataclass(slots=True)
 class Candidates:
     deleted: list[object] = field(default_factory=list)   # keys whose soft-delete flag is set
     absent: list[object] = field(default_factory=list)    # keys no longer in the source
-    changed: list[object] = field(default_factory=list)   # keys that may differ from the state
+    changed: Keys = field(default_factory=Keys)          # keys that may differ from the state
     invalid: list[tuple[str, str]] = field(default_factory=list)  # (key as text, why)
     scanned: int = 0                                       # rows the capture looked at
     deletions: int = 0             # deletions the pass would send: what the safety valve weighs
@@ -40,6 +74,8 @@ class Candidates:
     commit: Callable[[], None] | None = None               # run after the results are recorded
     reconcile: bool = False
     recreated: set[object] = field(default_factory=set)  # keys deleted and re-created since
+    live: LiveReader | None = None   # what changes while the pass sends (see syncer.live)
+    committed: dict[object, dt.datetime] = field(default_factory=dict)  # key: change's commit
 
     @property
     def total(self) -> int:

@@ -11,6 +11,7 @@ id a few times a second and starts a pass within a fraction of a second of a com
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,16 +29,19 @@ from syncer.capture import (
 from syncer.capture.outbox_ddl import (
     CURSOR,
     OutboxNames,
+    all_names,
     claim,
     names,
     outbox_columns,
     schema_of,
-    watched_drift,
 )
+from syncer.capture.outbox_tables import trigger_problems
 from syncer.capture.snapshot import SnapshotCapture
+from syncer.capture.watermark_cursor import comparable
 from syncer.clock import utcnow
 from syncer.config import CaptureConfig, SourceConfig
 from syncer.errors import ConfigError, SourceError
+from syncer.live import LiveRound
 from syncer.source import Source
 from syncer.state import state_id
 
@@ -52,8 +56,10 @@ BATCH = 50_000
 class OutboxCapture:
     name = "outbox"
 
-    def __init__(self, capture: CaptureConfig, source: SourceConfig) -> None:
+    def __init__(self, capture: CaptureConfig, source: SourceConfig,
+                 notes: Sequence[str] = ()) -> None:
         self.capture = capture
+        self.notes = list(notes)   # what this mode cannot see (blind_spots), for plan/status
         self.source_config = source
         self._names: OutboxNames | None = None
         self._marked: bool | None = None
@@ -79,14 +85,17 @@ class OutboxCapture:
         n = self.check(ctx)
         if ctx.state.cursors.get(CURSOR) is None:
             # Everything before now comes from a snapshot; the outbox already keeps what happens
-            # meanwhile, and the next pass handles it.
+            # meanwhile: the live lane sends it while the snapshot is sent, the next pass
+            # handles what is left.
+            floor = self._newest(ctx, n)
             out = SnapshotCapture().collect(ctx)
             out.commit = lambda: ctx.state.cursors.set(CURSOR, "snapshot taken", utcnow())
             out.position = {"outbox": "first pass: full snapshot"}
+            out.live = OutboxLive(n, floor, self._upgraded(ctx, n))
             return out
         upgraded = self._upgraded(ctx, n)
-        extra = "op, txn" if upgraded else "'U', NULL"
-        rows = ctx.source.run(f"SELECT id, user_key, {extra} FROM {n.outbox} "
+        extra = _EXTRA[upgraded]
+        rows = ctx.source.run(f"SELECT id, user_key, {extra}, created_at FROM {n.outbox} "
                               f"ORDER BY id LIMIT {BATCH}")
         ids = [r[0] for r in rows]
         out = Candidates()
@@ -99,7 +108,9 @@ class OutboxCapture:
             else:
                 keys.append(key)
         if ctx.mapping.created_column is None:   # else that column says who holds a key
-            out.recreated = {ctx.source.typed_key(k, k) for k in recreated_keys(rows)}
+            out.recreated = {ctx.source.typed_key(k, k)
+                             for k in recreated_keys([r[:4] for r in rows])}
+        note_commits(ctx, rows, out.committed)
         seen: set[str] = set()
         sort_keys(ctx, pending_keys(ctx, out), out, seen)
         sort_keys(ctx, keys, out, seen)
@@ -107,15 +118,16 @@ class OutboxCapture:
         out.scanned = len(rows)
         out.more = out.more or len(rows) == BATCH
         out.position = {"outbox_rows": len(rows), "distinct_users": len(keys)}
+        if self.notes:
+            out.position["blind_spots"] = self.notes
 
-        def consume() -> None:
-            claim(ctx.source, n, state_id(ctx.state.cursors))
-            for i in range(0, len(ids), 1000):
-                part = ", ".join(str(int(x)) for x in ids[i:i + 1000])
-                ctx.source.run(f"DELETE FROM {n.outbox} WHERE id IN ({part})")
-
-        out.commit = consume if ids else None
+        out.commit = (lambda: consume(ctx, n, ids)) if ids else None
+        out.live = OutboxLive(n, max(ids) if ids else self._newest(ctx, n), upgraded)
         return out
+
+    def _newest(self, ctx: CaptureContext, n: OutboxNames) -> int:
+        newest = ctx.source.scalar(f"SELECT max(id) FROM {n.outbox}")
+        return 0 if newest is None else int(newest)
 
     def watcher(self, ctx: CaptureContext, on_change: Callable[[], None],
                 stop: threading.Event, interval: float) -> OutboxWatcher:
@@ -146,11 +158,81 @@ class OutboxCapture:
                                           "`syncer outbox install` again so that a key deleted "
                                           "and re-created between passes is seen, and urgent "
                                           "changes go first")
-        drift = watched_drift(ctx.source, n)
-        if drift:
-            position["triggers"] = (f"do not watch {', '.join(drift)}: run `syncer outbox "
-                                    "install` again")
+        position["triggers"] = self.trigger_health(ctx)
+        if self.notes:
+            position["blind_spots"] = self.notes
         return position
+
+    def trigger_health(self, ctx: CaptureContext) -> str:
+        """``healthy on <tables>``, or what is missing on which table and the fix."""
+        every = all_names(ctx.source, self.capture, schema_of(ctx.source, self.source_config),
+                          ctx.mapping)
+        problems = [p for n in every for p in trigger_problems(ctx.source, n)]
+        if problems:
+            return "; ".join(problems) + ": run `syncer outbox install` again"
+        return "healthy on " + ", ".join(n.table_bare for n in every)
+
+
+_EXTRA = {True: "op, txn", False: "'U', NULL"}   # an outbox from an earlier version has neither
+
+# Outbox rows the live lane takes in one round, at most.
+LIVE_ROWS = 2000
+
+
+def consume(ctx: CaptureContext, n: OutboxNames, ids: Sequence[int]) -> None:
+    """Remove exactly these outbox rows (their users are recorded), as the state that claims
+    the outbox."""
+    claim(ctx.source, n, state_id(ctx.state.cursors))
+    for i in range(0, len(ids), 1000):
+        part = ", ".join(str(int(x)) for x in ids[i:i + 1000])
+        ctx.source.run(f"DELETE FROM {n.outbox} WHERE id IN ({part})")
+
+
+class OutboxLive:
+    """The outbox rows committed while a pass runs (ids above what the pass read): taken a
+    round at a time by the live lane (:mod:`syncer.live`), removed once recorded. A row
+    committed out of order below the floor is left for the next pass, never lost."""
+
+    def __init__(self, n: OutboxNames, floor: int, upgraded: bool) -> None:
+        self.n = n
+        self.floor = floor
+        self.upgraded = upgraded
+
+    def read(self, ctx: CaptureContext) -> LiveRound | None:
+        rows = ctx.source.run(f"SELECT id, user_key, {_EXTRA[self.upgraded]}, created_at FROM "
+                              f"{self.n.outbox} WHERE id > :floor ORDER BY id LIMIT {LIVE_ROWS}",
+                              {"floor": self.floor})
+        if not rows:
+            return None
+        self.floor = max(self.floor, int(rows[-1][0]))
+        # Keys deleted and re-created, or that name no user, are left to the next pass.
+        skip = (recreated_keys([r[:4] for r in rows]) if ctx.mapping.created_column is None
+                else set())
+        keys: dict[object, None] = {}
+        ids: list[int] = []
+        for row in rows:
+            text = row[1]
+            if text is None or text in skip:
+                continue
+            key = ctx.source.typed_key(text, text)
+            if normalize.user_id_or_none(key) is None:
+                continue
+            keys[key] = None
+            ids.append(int(row[0]))
+        found = LiveRound(list(keys), (lambda: consume(ctx, self.n, ids)) if ids else None)
+        note_commits(ctx, rows, found.committed)
+        return found
+
+
+def note_commits(ctx: CaptureContext, rows: Sequence[Any],
+                 committed: dict[object, dt.datetime]) -> None:
+    """The audit trail's commit time of each key: its oldest outbox row (rows are (id, key,
+    op, txn, created_at))."""
+    for row in rows:
+        moment = comparable(row[4])
+        key = ctx.source.typed_key(row[1], row[1])
+        if moment is not None and key not in committed:
+            committed[key] = moment
 
 
 def recreated_keys(rows: Sequence[Any]) -> set[str]:

@@ -12,7 +12,8 @@ install is a full snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -20,8 +21,9 @@ import structlog
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
+from syncer.capture import outbox_tables as tables
 from syncer.clock import utcnow
-from syncer.config import CaptureConfig, Config, SourceConfig
+from syncer.config import CaptureConfig, Config, SourceConfig, is_column
 from syncer.databases import create_source_engine, describe_error
 from syncer.errors import ConfigError, SourceError
 from syncer.mapping import CONSENTS, Mapping
@@ -46,6 +48,8 @@ class OutboxNames:
     consumer: str = ""         # the table naming the state that consumes the outbox, quoted
     consumer_bare: str = ""
     urgent: tuple[str, ...] = ()  # quoted columns whose change is urgent (consents, deletion)
+    table_bare: str = ""          # the table's unquoted name
+    primary: bool = True          # the users table (False: a table joined to it)
 
     def quoted_trigger(self, suffix: str, q: Callable[[str], str]) -> str:
         return q(f"{self.trigger}_{suffix}")
@@ -53,29 +57,53 @@ class OutboxNames:
 
 def names(source: Source, capture: CaptureConfig, schema: str | None,
           mapping: Mapping | None = None) -> OutboxNames:
-    if source.config.table is None:
-        raise ConfigError('[capture] mode = "outbox" needs [source] table (triggers go on a '
-                          "table, not on a query)")
+    """The outbox, and the triggers on the users table (the first of ``[[source.tables]]``)."""
+    return all_names(source, capture, schema, mapping)[0]
+
+
+def all_names(source: Source, capture: CaptureConfig, schema: str | None,
+              mapping: Mapping | None = None) -> list[OutboxNames]:
+    """The outbox, and the triggers on every table of the source (see
+    :mod:`syncer.capture.outbox_tables`); a query with no ``[[source.tables]]`` is refused."""
+    config = source.config
     q = source.q
     prefix = f"{q(schema)}." if schema else ""
-    watched = [source.config.primary_key, *source.columns]
-    if capture.soft_delete_column:
-        watched.append(capture.soft_delete_column)
     outbox = capture.outbox_table
-    return OutboxNames(
-        dialect=source.dialect,
-        table=prefix + q(source.config.table),
-        outbox=prefix + q(outbox),
-        outbox_bare=outbox,
-        function=prefix + q(f"{outbox}_capture"),
-        trigger=f"{outbox}_on_{source.config.table}"[:50],
-        pk=q(source.config.primary_key),
-        watched=tuple(q(c) for c in dict.fromkeys(watched)),
-        schema=schema,
-        consumer=prefix + q(f"{outbox}_consumer"),
-        consumer_bare=f"{outbox}_consumer",
-        urgent=tuple(q(c) for c in urgent_columns(capture, mapping)),
-    )
+    base = OutboxNames(
+        dialect=source.dialect, table="", outbox=prefix + q(outbox), outbox_bare=outbox,
+        function=prefix + q(f"{outbox}_capture"), trigger="", pk="", watched=(), schema=schema,
+        consumer=prefix + q(f"{outbox}_consumer"), consumer_bare=f"{outbox}_consumer")
+    urgent = urgent_columns(capture, mapping)
+    if config.table is not None:
+        watched = [config.primary_key, *source.columns]
+        if capture.soft_delete_column:
+            watched += tables.named_columns(
+                [capture.soft_delete_column],
+                tables.table_columns(source, config.table, schema, "[source] table")
+                if not is_column(capture.soft_delete_column) else [capture.soft_delete_column])
+        watched = list(dict.fromkeys(watched))
+        return [replace(base, table=prefix + q(config.table), table_bare=config.table,
+                        trigger=f"{outbox}_on_{config.table}"[:50], pk=q(config.primary_key),
+                        watched=tuple(q(c) for c in watched),
+                        urgent=tuple(q(c) for c in tables.urgent_of(urgent, watched)))]
+    if not config.tables:
+        raise ConfigError('[capture] mode = "outbox" with [source] query: triggers go on '
+                          "tables, so declare the tables the query reads and the column "
+                          f"holding the user key in each: {tables.example()}")
+    out = []
+    for i, entry in enumerate(config.tables):
+        columns = tables.table_columns(source, entry.name, schema,
+                                       f"[[source.tables]] name (entry {i + 1})")
+        if entry.key not in columns:
+            raise ConfigError(f"[[source.tables]] key = {entry.key!r} (entry {i + 1}): table "
+                              f"{entry.name!r} has no column {entry.key!r}")
+        function = base.function if i == 0 else prefix + q(f"{outbox}_capture_{entry.name}"[:63])
+        out.append(replace(
+            base, table=prefix + q(entry.name), table_bare=entry.name, function=function,
+            trigger=f"{outbox}_on_{entry.name}"[:50], pk=q(entry.key), primary=i == 0,
+            watched=tuple(q(c) for c in tables.watched_of(source, capture, entry, columns)),
+            urgent=tuple(q(c) for c in tables.urgent_of(urgent, columns))))
+    return out
 
 
 def urgent_columns(capture: CaptureConfig, mapping: Mapping | None) -> list[str]:
@@ -83,9 +111,14 @@ def urgent_columns(capture: CaptureConfig, mapping: Mapping | None) -> list[str]
     the soft-delete column (a deletion); a deleted row is always urgent."""
     columns = [col for name, col in (mapping.user_properties.items() if mapping else ())
                if name in CONSENTS]
-    if capture.soft_delete_column:
-        columns.append(capture.soft_delete_column)
+    soft = capture.soft_delete_column
+    if soft:
+        columns += [soft] if is_column(soft) else _words(soft)
     return list(dict.fromkeys(columns))
+
+
+def _words(expression: str) -> list[str]:
+    return re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression)
 
 
 # ----------------------------------------------------------------------------- DDL
@@ -139,19 +172,25 @@ def _family(dialect: str) -> str:
     return "mysql" if dialect in ("mysql", "mariadb") else dialect
 
 
-def install_sql(n: OutboxNames, q: Callable[[str], str], key_type: str = MYSQL_TEXT_KEY,
-                missing: tuple[str, ...] = ()) -> list[str]:
-    """The DDL; ``key_type`` is the MySQL/MariaDB type of ``user_key`` (see
-    :func:`mysql_key_type`). A NULL key is left out: it cannot name a user. ``missing`` are the
-    columns an outbox installed by an earlier version lacks (added first)."""
-    family = _family(n.dialect)
-    upgrade = [f"ALTER TABLE {n.outbox} ADD COLUMN {col} {OUTBOX_COLUMNS[family][col]}"
+def install_sql(ns: OutboxNames | Sequence[OutboxNames], q: Callable[[str], str],
+                key_type: str = MYSQL_TEXT_KEY, missing: tuple[str, ...] = ()) -> list[str]:
+    """The DDL: the outbox, then the triggers of every table (``ns``, the users table first);
+    ``key_type`` is the MySQL/MariaDB type of ``user_key`` (see :func:`mysql_key_type`). A NULL
+    key is left out: it cannot name a user. ``missing`` are the columns an outbox installed by
+    an earlier version lacks (added first)."""
+    first, *others = [ns] if isinstance(ns, OutboxNames) else list(ns)
+    family = _family(first.dialect)
+    build = {"postgresql": _postgres, "mysql": _mysql, "sqlite": _sqlite}[family]
+    create, *triggers = build(first, q, key_type)
+    upgrade = [f"ALTER TABLE {first.outbox} ADD COLUMN {col} {OUTBOX_COLUMNS[family][col]}"
                for col in missing]
-    create, *rest = {"postgresql": _postgres, "mysql": _mysql, "sqlite": _sqlite}[family](
-        n, q, key_type)
-    consumer = (f"CREATE TABLE IF NOT EXISTS {n.consumer} (state_id VARCHAR(64) PRIMARY KEY)"
-                + (" ENGINE=InnoDB" if family == "mysql" else ""))
-    return [create, *upgrade, consumer, *rest]
+    if family == "mysql":   # an outbox installed by an earlier version had VARCHAR(255)
+        upgrade.insert(0, f"ALTER TABLE {first.outbox} MODIFY user_key {key_type} NOT NULL")
+    consumer = (f"CREATE TABLE IF NOT EXISTS {first.consumer} (state_id VARCHAR(64) PRIMARY "
+                "KEY)" + (" ENGINE=InnoDB" if family == "mysql" else ""))
+    for n in others:
+        triggers += build(n, q, key_type)[1:]
+    return [create, *upgrade, consumer, *triggers]
 
 
 def _create_table(n: OutboxNames, ident: str, key: str, created: str, tail: str = "") -> str:
@@ -163,8 +202,10 @@ def _create_table(n: OutboxNames, ident: str, key: str, created: str, tail: str 
 
 def _row(n: OutboxNames, key: str, op: str, urgent: str) -> str:
     """The INSERT of one outbox row for the key column ``key`` (``NEW.id``, ``OLD.id``); a NULL
-    key is left out."""
+    key is left out. In a joined table every row is a change of the user (``U``): whether the
+    user is gone is what the query says."""
     family = _family(n.dialect)
+    op = op if n.primary else "U"
     text = f"{key}::text" if family == "postgresql" else key
     values = f"{text}, '{op}', {_TXN[family]}, {urgent}"
     source = " FROM DUAL" if family == "mysql" else ""
@@ -221,8 +262,6 @@ def _mysql(n: OutboxNames, q: Callable[[str], str], key_type: str) -> list[str]:
     return [
         _create_table(n, "id BIGINT AUTO_INCREMENT PRIMARY KEY", f"{key_type} NOT NULL",
                       "TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)", " ENGINE=InnoDB"),
-        # an outbox installed by an earlier version had VARCHAR(255)
-        f"ALTER TABLE {n.outbox} MODIFY user_key {key_type} NOT NULL",
         f"DROP TRIGGER IF EXISTS {n.quoted_trigger('ins', q)}",
         f"CREATE TRIGGER {n.quoted_trigger('ins', q)} AFTER INSERT ON {n.table} FOR EACH ROW "
         + _row(n, f"NEW.{n.pk}", "I", "0"),
@@ -262,16 +301,21 @@ def _sqlite(n: OutboxNames, q: Callable[[str], str], key_type: str) -> list[str]
     ]
 
 
-def uninstall_sql(n: OutboxNames, q: Callable[[str], str]) -> list[str]:
+def uninstall_sql(ns: OutboxNames | Sequence[OutboxNames], q: Callable[[str], str]
+                  ) -> list[str]:
+    """Drop every table's triggers (and PostgreSQL functions), then the outbox."""
+    listed = [ns] if isinstance(ns, OutboxNames) else list(ns)
     drops = []
-    for suffix in ("ins", "upd", "del"):
-        trigger = n.quoted_trigger(suffix, q)
-        drops.append(f"DROP TRIGGER IF EXISTS {trigger} ON {n.table}" if n.dialect == "postgresql"
-                     else f"DROP TRIGGER IF EXISTS {trigger}")
-    if n.dialect == "postgresql":
-        drops.append(f"DROP FUNCTION IF EXISTS {n.function}()")
-    drops.append(f"DROP TABLE IF EXISTS {n.outbox}")
-    drops.append(f"DROP TABLE IF EXISTS {n.consumer}")
+    for n in listed:
+        for suffix in ("ins", "upd", "del"):
+            trigger = n.quoted_trigger(suffix, q)
+            drops.append(f"DROP TRIGGER IF EXISTS {trigger} ON {n.table}"
+                         if n.dialect == "postgresql" else f"DROP TRIGGER IF EXISTS {trigger}")
+    if listed[0].dialect == "postgresql":
+        drops += [f"DROP FUNCTION IF EXISTS {f}()" for f in dict.fromkeys(n.function
+                                                                        for n in listed)]
+    drops.append(f"DROP TABLE IF EXISTS {listed[0].outbox}")
+    drops.append(f"DROP TABLE IF EXISTS {listed[0].consumer}")
     return drops
 
 
@@ -295,17 +339,20 @@ def schema_of(source: Source, config: SourceConfig) -> str | None:
 
 def _statements(config: Config, uninstall: bool) -> tuple[Source, list[str]]:
     source = _source_for(config)
-    n = names(source, config.capture, schema_of(source, config.source),
-              Mapping.for_config(config, bytes(16)))
+    schema = schema_of(source, config.source)
+    if not uninstall and config.source.table:
+        tables.refuse_view(source, config.source.table, schema, "[source] table")
+    ns = all_names(source, config.capture, schema, Mapping.for_config(config, bytes(16)))
+    n = ns[0]
     if uninstall:
-        return source, uninstall_sql(n, source.q)
+        return source, uninstall_sql(ns, source.q)
     key_type = MYSQL_TEXT_KEY
     if n.dialect in ("mysql", "mariadb"):
-        key_type = mysql_key_type(_mysql_data_type(source, config.source))
+        key_type = mysql_key_type(_mysql_data_type(source, n))
     columns = outbox_columns(source, n)
     missing = tuple(c for c in OUTBOX_COLUMNS[_family(n.dialect)]
                     if columns is not None and c not in columns)
-    return source, install_sql(n, source.q, key_type, missing)
+    return source, install_sql(ns, source.q, key_type, missing)
 
 
 def outbox_columns(source: Source, n: OutboxNames) -> set[str] | None:
@@ -323,13 +370,14 @@ def outbox_columns(source: Source, n: OutboxNames) -> set[str] | None:
                           f"{describe_error(exc)}") from exc
 
 
-def _mysql_data_type(source: Source, config: SourceConfig) -> str | None:
-    """The key column's type, or None when it cannot be read (the table is not there yet)."""
+def _mysql_data_type(source: Source, n: OutboxNames) -> str | None:
+    """The users table's key column's type, or None when it cannot be read (the table is not
+    there yet)."""
     try:
         rows = source.run(
             "SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "
             "COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table AND COLUMN_NAME = :column",
-            {"schema": config.schema_, "table": config.table, "column": config.primary_key})
+            {"schema": n.schema, "table": n.table_bare, "column": n.pk.strip("`")})
     except SourceError:
         return None
     return str(rows[0][0]) if rows else None
@@ -340,10 +388,15 @@ def sql(config: Config, *, uninstall: bool = False) -> str:
     source, statements = _statements(config, uninstall)
     source.close()
     terminator = "\n;\n" if source.dialect != "postgresql" else ";\n\n"
-    head = ("-- syncer outbox for " + (config.source.table or "") +
+    head = ("-- syncer outbox for " + on_tables(config) +
             (" (MySQL: run with DELIMITER set to something other than ;)"
              if source.dialect in ("mysql", "mariadb") else "") + "\n")
     return head + terminator.join(statements) + terminator.rstrip("\n")
+
+
+def on_tables(config: Config) -> str:
+    """The tables that hold (or would hold) the triggers, for messages."""
+    return config.source.table or ", ".join(t.name for t in config.source.tables)
 
 
 def install(config: Config) -> str:
@@ -355,7 +408,7 @@ def install(config: Config) -> str:
         source.close()
     _forget_position(config)
     return (f"outbox table {config.capture.outbox_table} and triggers installed on "
-            f"{config.source.table}; the next pass is a full snapshot, then only changes")
+            f"{on_tables(config)}; the next pass is a full snapshot, then only changes")
 
 
 def uninstall(config: Config) -> str:
@@ -416,25 +469,3 @@ def claim(source: Source, n: OutboxNames, state_id: str) -> None:
         log.warning("outbox.claim_failed", error=str(exc)[:200],
                     hint="run `syncer outbox install` again, or GRANT INSERT, DELETE on the "
                          "outbox's _consumer table to the reader")
-
-
-def watched_drift(source: Source, n: OutboxNames) -> list[str]:
-    """Mapped columns the installed update trigger does not watch (the mapping changed)."""
-    trigger = f"{n.trigger}_upd"
-    try:
-        if n.dialect == "postgresql":
-            rows = source.run("SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = :t",
-                              {"t": trigger})
-        elif n.dialect in ("mysql", "mariadb"):
-            rows = source.run("SELECT ACTION_STATEMENT FROM information_schema.TRIGGERS "
-                              "WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME = :t",
-                              {"t": trigger})
-        else:
-            rows = source.run("SELECT sql FROM sqlite_master WHERE type = 'trigger' "
-                              "AND name = :t", {"t": trigger})
-    except SourceError:
-        return []
-    if not rows:
-        return ["(no update trigger found)"]
-    definition = str(rows[0][0])
-    return [c for c in n.watched if c not in definition and c.strip('"`') not in definition]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,8 @@ from syncer.capture.watermark_cursor import (
 from syncer.clock import utcnow
 from syncer.config import CaptureConfig
 from syncer.errors import ConfigError
+from syncer.live import LiveRound
+from syncer.model import RawRow
 from syncer.source import Source
 
 log = structlog.get_logger("syncer.capture.watermark")
@@ -108,11 +111,14 @@ def pg_horizon(source: Source, aware: bool) -> Horizon:
 class WatermarkCapture:
     name = "watermark"
 
-    def __init__(self, config: CaptureConfig) -> None:
+    def __init__(self, config: CaptureConfig, notes: Sequence[str] = (),
+                 cursor: str = CURSOR) -> None:
         if not config.watermark_column:
             raise ConfigError('[capture] mode = "watermark" needs `watermark_column`')
         self.column = config.watermark_column
         self.lookback = config.lookback_seconds
+        self.notes = list(notes)   # what this mode cannot see (blind_spots), for plan/status
+        self.cursor = cursor       # its name in the state's cursors
 
     def _aware(self, ctx: CaptureContext, sample: object) -> bool:
         if isinstance(sample, dt.datetime):
@@ -135,7 +141,7 @@ class WatermarkCapture:
             return isinstance(col_type, satypes.DateTime)
         return isinstance(sample, dt.datetime)
 
-    def _start(self, ctx: CaptureContext) -> tuple[object, Horizon | None]:
+    def start(self, ctx: CaptureContext) -> tuple[object, Horizon | None]:
         """Where to start: the newest value in the table, held below any open transaction
         (PostgreSQL) and never ahead of the database's clock."""
         newest = self._max(ctx)
@@ -154,53 +160,74 @@ class WatermarkCapture:
         return newest, horizon
 
     def collect(self, ctx: CaptureContext) -> Candidates:
-        stored = ctx.state.cursors.get(CURSOR)
+        stored = ctx.state.cursors.get(self.cursor)
         if stored is None:
-            start, _ = self._start(ctx)
+            start, _ = self.start(ctx)
             out = SnapshotCapture().collect(ctx)
             value = Cursor(start, time.time(), False).encode()
-            out.commit = lambda: ctx.state.cursors.set(CURSOR, value, utcnow())
+            out.commit = lambda: ctx.state.cursors.set(self.cursor, value, utcnow())
             out.position = {"watermark": "first pass: full snapshot", "starts_at": str(start)}
+            out.position.update(self._notes())
+            out.live = WatermarkLive(self, start)
             return out
-        cursor = Cursor.decode(stored)
+        out = Candidates()
+        seen: set[str] = set()
+        sort_keys(ctx, pending_keys(ctx, out), out, seen)
+        rows, finish = self.read(ctx, Cursor.decode(stored), out.committed)
+        sort_rows(ctx, rows, out, seen)
+        value, out.position = finish()
+        out.position.update(self._notes())
+        out.commit = lambda: ctx.state.cursors.set(self.cursor, value, utcnow())
+        out.live = WatermarkLive(self, Cursor.decode(value).value)
+        return out
+
+    def _notes(self) -> dict[str, object]:
+        return {"blind_spots": self.notes} if self.notes else {}
+
+    def read(self, ctx: CaptureContext, cursor: Cursor,
+             committed: dict[object, dt.datetime] | None = None,
+             ) -> tuple[Iterator[RawRow], Callable[[], tuple[str, dict[str, object]]]]:
+        """The rows of the read window after ``cursor`` (from ``ctx.source``), and, once they
+        have all been read, the next cursor (encoded) and the position to report. Each row's
+        watermark goes into ``committed`` (the audit trail's commit time)."""
         horizon = None
         if self._horizon_applies(ctx, cursor.value):
             horizon = pg_horizon(ctx.source, self._aware(ctx, cursor.value))
         low, exclusive = cursor.low(self.lookback)
-        out = Candidates()
-        seen: set[str] = set()
-        sort_keys(ctx, pending_keys(ctx, out), out, seen)
         newest: list[object] = [cursor.value]
         clock = None if horizon is not None else db_clock(ctx.source)
         limit = None if clock is None else clock + FUTURE_TOLERANCE
         ahead = [0]
         layouts: set[str] = set()
 
-        def tracked() -> Any:
+        def tracked() -> Iterator[RawRow]:
             for row, value in ctx.source.since(self.column, low, exclusive=exclusive,
                                                also=blind_spots(low), unset=True):
                 moment = comparable(value)
                 if isinstance(value, str) and len(value) > 10:
                     layouts.add(value[10])
                 if moment is not None:
+                    if committed is not None:
+                        committed[row.key] = moment
                     if limit is not None and moment > limit:
                         ahead[0] += 1
                     elif newest[0] is None or before(newest[0], value):
                         newest[0] = value
                 yield row
 
-        sort_rows(ctx, tracked(), out, seen)
-        value = self.advance(cursor, newest[0], horizon, time.time()).encode()
-        out.commit = lambda: ctx.state.cursors.set(CURSOR, value, utcnow())
-        out.position = self._describe(cursor, low, horizon)
-        if ahead[0]:
-            out.position["stamped_in_the_future"] = ahead[0]
-            log.warning("watermark.future_rows", rows=ahead[0],
-                        hint="rows stamped ahead of the database's clock are read at every "
-                             "pass until their time comes; check the writers' clocks")
-        if len(layouts) > 1:
-            out.position["mixed_layouts"] = sorted(layouts)
-        return out
+        def finish() -> tuple[str, dict[str, object]]:
+            value = self.advance(cursor, newest[0], horizon, time.time()).encode()
+            position = self._describe(cursor, low, horizon)
+            if ahead[0]:
+                position["stamped_in_the_future"] = ahead[0]
+                log.warning("watermark.future_rows", rows=ahead[0],
+                            hint="rows stamped ahead of the database's clock are read at every "
+                                 "pass until their time comes; check the writers' clocks")
+            if len(layouts) > 1:
+                position["mixed_layouts"] = sorted(layouts)
+            return value, position
+
+        return tracked(), finish
 
     def advance(self, cursor: Cursor, newest: object, horizon: Horizon | None,
                 wall: float) -> Cursor:
@@ -242,12 +269,12 @@ class WatermarkCapture:
         return position
 
     def starts_with_snapshot(self, ctx: CaptureContext) -> bool:
-        return ctx.state.cursors.get(CURSOR) is None
+        return ctx.state.cursors.get(self.cursor) is None
 
     def position(self, ctx: CaptureContext) -> dict[str, object]:
-        stored = ctx.state.cursors.get(CURSOR)
+        stored = ctx.state.cursors.get(self.cursor)
         if stored is None:
-            return {"watermark": "none yet (the first pass is a full snapshot)"}
+            return {"watermark": "none yet (the first pass is a full snapshot)", **self._notes()}
         cursor = Cursor.decode(stored)
         horizon = None
         if self._horizon_applies(ctx, cursor.value):
@@ -255,6 +282,7 @@ class WatermarkCapture:
         position = self._describe(cursor, cursor.low(self.lookback)[0], horizon)
         position["index"] = index_used(ctx.source, self.column)
         position.update(self._warnings(ctx, cursor, horizon))
+        position.update(self._notes())
         return position
 
     def _warnings(self, ctx: CaptureContext, cursor: Cursor,
@@ -286,6 +314,40 @@ class WatermarkCapture:
         return out
 
 
+class WatermarkLive:
+    """The rows whose watermark moved while a pass runs, for the live lane
+    (:mod:`syncer.live`): each look reads the rows stamped after the newest value seen so far
+    (the pass's own capture first), and keeps those whose hash differs from the state's. No
+    lookback here: a row committed late with an older stamp is the next pass's (its cursor
+    keeps the lookback), and the pass's own cursor is not moved."""
+
+    def __init__(self, capture: WatermarkCapture, start: object) -> None:
+        self.capture = capture
+        self.newest = start
+
+    def read(self, ctx: CaptureContext) -> LiveRound | None:
+        if self.newest is None:
+            return None
+        low = self.newest
+        clock = db_clock(ctx.source)
+        limit = None if clock is None else clock + FUTURE_TOLERANCE
+        out = Candidates()
+
+        def tracked() -> Any:
+            for row, value in ctx.source.since(self.capture.column, low,
+                                               exclusive=not is_date(low)):
+                moment = comparable(value)
+                if moment is not None:
+                    out.committed[row.key] = moment   # the audit trail's commit time
+                    if (limit is None or moment <= limit) and before(self.newest, value):
+                        self.newest = value
+                yield row
+
+        sort_rows(ctx, tracked(), out, set())
+        keys = [*out.deleted, *out.changed]
+        return LiveRound(keys, committed=out.committed) if keys else None
+
+
 def _like(sample: object, moment: dt.datetime) -> object:
     """``moment`` in the form of ``sample`` (text in its layout, a date, a time)."""
     if isinstance(sample, str):
@@ -296,8 +358,12 @@ def _like(sample: object, moment: dt.datetime) -> object:
 
 
 def index_used(source: Source, column: str) -> str:
-    """Whether the database answers ``column >= x`` from an index (EXPLAIN), in words."""
+    """Whether the database answers ``column >= x`` from an index (EXPLAIN), in words; the
+    advice names the table (a query has no index of its own)."""
     col = source.q(column)
+    if source.config.table is None:
+        return ("unknown for a query: declare the tables it reads as [[source.tables]] and "
+                "put watermark_column on them, so each table's index is checked and named")
     probe = f"SELECT {source.pk} FROM {source.relation} WHERE {col} >= :low"
     try:
         sample = source.scalar(f"SELECT MAX({col}) FROM {source.relation}")

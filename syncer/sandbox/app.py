@@ -175,6 +175,7 @@ class SandboxApp:
         self._deleted: set[str] = set()
         self._withdrawn: set[str] = set()
         self._stats: dict[str, _EndpointStats] = {}
+        self._landed: dict[str, list[tuple[str, float]]] = {}   # watched user -> (endpoint, at)
         self._clear()
 
     def _clear(self) -> None:
@@ -182,6 +183,7 @@ class SandboxApp:
         self._applied = Counter()
         self._deleted = set()
         self._withdrawn = set()
+        self._landed = {}
         self._stats = {name: _EndpointStats(self.config.window_seconds) for name in ENDPOINTS}
 
     def reset(self) -> None:
@@ -197,6 +199,25 @@ class SandboxApp:
         """Every user id an update was ever applied to (whatever happened to it since)."""
         with self._lock:
             return set(self._applied)
+
+    def watch(self, *user_ids: str) -> None:
+        """Remember when a request that changed one of these users arrived (see
+        :meth:`landed`); cheap, for measuring how long a change took to land."""
+        with self._lock:
+            for uid in user_ids:
+                self._landed.setdefault(uid, [])
+
+    def landed(self, user_id: str) -> list[tuple[str, float]]:
+        """(endpoint, arrival time) of each accepted request that changed a watched user, in
+        the clock of ``handle``'s ``now`` (the HTTP server's: ``time.monotonic``)."""
+        with self._lock:
+            return list(self._landed.get(user_id, ()))
+
+    def _note(self, endpoint: str, uid: str, now: float) -> None:
+        if self._landed:
+            seen = self._landed.get(uid)
+            if seen is not None:
+                seen.append((endpoint, now))
 
     def user(self, user_id: str) -> dict[str, Any] | None:
         """One user of the Blux mirror (cheap, unlike ``snapshot`` on a large mirror)."""
@@ -364,6 +385,8 @@ class SandboxApp:
             for uid in ids:
                 self._users.pop(uid, None)
                 self._deleted.add(uid)
+        for uid in ids:
+            self._note(endpoint, uid, now)
         return SandboxResponse(200, {}, summary=count)
 
     def _apply_update(self, update: UserUpdate) -> None:
@@ -408,6 +431,7 @@ class SandboxApp:
         if user_id in self._withdrawn:
             return _nacho_error(410, "ERR-AB-ACS-22", "already withdrawn")
         self._withdrawn.add(user_id)
+        self._note(NACHOCODE_WITHDRAW, user_id, now)
         return SandboxResponse(200, {"message": NACHOCODE_SUCCESS_MESSAGE}, summary="withdrawn")
 
 

@@ -1,10 +1,19 @@
 """The sandbox's shells: a real HTTP server (``SandboxServer``, ``serve``) and an in-process httpx
-transport (``mock_transport``), both around ``SandboxApp.handle``."""
+transport (``mock_transport``), both around ``SandboxApp.handle``.
+
+The HTTP server counts a request as arriving when its first bytes reached the machine: on Linux,
+the kernel's receive time of the read that brought them (``SO_TIMESTAMPNS``), not the moment a
+thread of this process got round to it. On a busy machine the two can be far apart, and the rate
+windows are about when requests reach the API, not about this process's scheduling. Elsewhere
+(or if the option is refused) it is the time the request line was read.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
+import struct
 import sys
 import threading
 import time
@@ -23,6 +32,30 @@ from syncer.sandbox.settings import Faults, SandboxConfig
 # (and ignores shorter delays: tests never sleep).
 HANG_THRESHOLD_SECONDS: Final = 5.0
 MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+# Linux's SO_TIMESTAMPNS (Python does not name it): receive times in the ancillary data.
+_SO_TIMESTAMPNS: Final = getattr(socket, "SO_TIMESTAMPNS", 35) if sys.platform == "linux" else None
+
+
+class _StampedSocket(io.RawIOBase):
+    """A connection's bytes, noting the kernel's receive time of each read (as a
+    ``time.monotonic`` value) in :attr:`stamp`."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.stamp: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        size, ancillary, _flags, _address = self.sock.recvmsg_into([buffer], 64)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", data[:16])
+                received = seconds + nanoseconds / 1e9
+                self.stamp = time.monotonic() - max(0.0, time.time() - received)
+        return size
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -78,11 +111,31 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
     _arrival: float = 0.0
+    _stamped: _StampedSocket | None = None
+
+    def setup(self) -> None:
+        super().setup()
+        if _SO_TIMESTAMPNS is None:
+            return
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        except OSError:
+            return
+        self._stamped = _StampedSocket(self.connection)
+        self.rfile = io.BufferedReader(self._stamped)
 
     def parse_request(self) -> bool:
-        # Called as soon as the request line is read, before the headers and the body.
-        self._arrival = time.monotonic()
+        # Called as soon as the request line is read, before the headers and the body: the
+        # receive time of the read that brought it (see the module's docstring), else now.
+        now = time.monotonic()
+        stamp = self._stamped.stamp if self._stamped is not None else None
+        self._arrival = now if stamp is None else min(stamp, now)
         return super().parse_request()
+
+    def handle_one_request(self) -> None:
+        if self._stamped is not None:
+            self._stamped.stamp = None   # a request already in the buffer is stamped "now"
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: object) -> None:
         """Silence http.server's access log on stderr; ``_log`` writes ours."""

@@ -1,7 +1,8 @@
-"""The state, in the four roles it plays: the :class:`Ledger` (per user and destination, what
+"""The state, in the roles it plays: the :class:`Ledger` (per user and destination, what
 was delivered, or a tombstone; what is owed; quarantines and field problems), the :class:`PassLog`
-(the history of passes), :class:`Requests` (operator requests for the running sender) and
-:class:`Cursors` (capture positions).
+(the history of passes), :class:`Requests` (operator requests for the running sender),
+:class:`Cursors` (capture positions) and the :class:`History` (the audit trail, written by the
+ledger with the users it records).
 
 Two implementations of each: :mod:`syncer.state.sql` (SQLite or PostgreSQL, the real one) and
 :mod:`syncer.state.memory` (for tests and dry runs). The contract tests run against both.
@@ -15,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from syncer.model import KeyKind, UserState, UserWrite
+from syncer.model import HistoryEntry, KeyKind, UserState, UserWrite
 from syncer.results import PassCounts, PassKind, PassOutcome
 
 
@@ -162,6 +163,24 @@ class PassLog(Protocol):
         short transaction); returns how many went."""
 
 
+class History(Protocol):
+    """The audit trail: every operation a destination acknowledged or refused, per user, as
+    :meth:`Ledger.write` recorded it (``UserWrite.history``, in the same transaction). Kept
+    within ``[state] history_days``."""
+
+    def timeline(self, user_id: str, destination: str | None = None) -> list[HistoryEntry]:
+        """One user's entries (at one destination, or all), oldest first."""
+
+    def between(self, since: dt.datetime | None, until: dt.datetime | None, *,
+                plain_updates: bool = True) -> Iterator[HistoryEntry]:
+        """Entries acknowledged in [since, until) (None: unbounded), oldest first; without
+        ``plain_updates``, only deletions, withdrawals and updates that carry a consent."""
+
+    def prune(self, before: dt.datetime, batch: int) -> int:
+        """Delete at most ``batch`` entries acknowledged before ``before`` (a short
+        transaction); returns how many went."""
+
+
 class Requests(Protocol):
     """What `syncer retry` and `syncer resync` ask of the running sender."""
 
@@ -214,5 +233,8 @@ class StateStore(Protocol):
 
     @property
     def cursors(self) -> Cursors: ...
+
+    @property
+    def history(self) -> History: ...
 
     def close(self) -> None: ...

@@ -8,7 +8,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from syncer.clock import utcnow
-from syncer.model import Delivered, KeyKind, Quarantine, UserState, UserWrite
+from syncer.model import (
+    Delivered,
+    HistoryEntry,
+    KeyKind,
+    Operation,
+    Quarantine,
+    UserState,
+    UserWrite,
+)
 from syncer.results import PassCounts, PassKind, PassOutcome
 from syncer.state import PassRecord, ProblemRow, QuarantineRow, ScanRow, StateCounts
 
@@ -35,8 +43,9 @@ class _User:
 class MemoryLedger:
     """:class:`syncer.state.Ledger` in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, history: MemoryHistory | None = None) -> None:
         self.users: dict[str, _User] = {}
+        self.history = history if history is not None else MemoryHistory()
 
     def known_users(self) -> int:
         return sum(1 for u in self.users.values() if not u.gone)
@@ -120,6 +129,7 @@ class MemoryLedger:
         return [self._scan_row(uid, self.users[uid]) for _, uid in dirty[:limit]]
 
     def write(self, writes: Sequence[UserWrite], now: dt.datetime) -> None:
+        self.history.append([e for w in writes for e in w.history])
         for w in writes:
             u = self.users.get(w.user_id)
             if u is None:
@@ -264,6 +274,36 @@ class MemoryPassLog:
         return gone
 
 
+class MemoryHistory:
+    """:class:`syncer.state.History` in memory."""
+
+    def __init__(self) -> None:
+        self.entries: list[HistoryEntry] = []   # oldest first
+        self._last_id = 0
+
+    def append(self, entries: Sequence[HistoryEntry]) -> None:
+        for entry in entries:
+            self._last_id += 1
+            self.entries.append(replace(entry, id=self._last_id))
+
+    def timeline(self, user_id: str, destination: str | None = None) -> list[HistoryEntry]:
+        return [e for e in self.entries if e.user_id == user_id
+                and (destination is None or e.destination == destination)]
+
+    def between(self, since: dt.datetime | None, until: dt.datetime | None, *,
+                plain_updates: bool = True) -> Iterator[HistoryEntry]:
+        return iter([e for e in self.entries
+                     if (since is None or e.acked_at >= since)
+                     and (until is None or e.acked_at < until)
+                     and (plain_updates or e.operation is not Operation.UPDATE or e.consents)])
+
+    def prune(self, before: dt.datetime, batch: int) -> int:
+        old = sorted((e.acked_at, i) for i, e in enumerate(self.entries) if e.acked_at < before)
+        gone = {i for _, i in old[:batch]}
+        self.entries = [e for i, e in enumerate(self.entries) if i not in gone]
+        return len(gone)
+
+
 class MemoryRequests:
     """:class:`syncer.state.Requests` in memory."""
 
@@ -284,7 +324,8 @@ class MemoryStateStore:
     """:class:`syncer.state.StateStore` in memory: the same contract as the SQL store."""
 
     def __init__(self) -> None:
-        self.ledger = MemoryLedger()
+        self.history = MemoryHistory()
+        self.ledger = MemoryLedger(self.history)
         self.passes = MemoryPassLog()
         self.requests = MemoryRequests()
         self.cursors = MemoryCursors()

@@ -103,3 +103,24 @@ cursors = Table(
     Column("value", Text, nullable=False),
     Column("updated_at", DateTime, nullable=False),
 )
+
+history = Table(   # 0005: the audit trail, append-only
+    "syncer_history", metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("user_id", Text, nullable=False),
+    Column("destination", String(32), nullable=False),
+    Column("endpoint", String(32), nullable=False),
+    Column("operation", String(16), nullable=False),
+    Column("result", String(24), nullable=False),
+    Column("fields", Text, nullable=True),       # names, comma-separated
+    Column("consents", Text, nullable=True),     # name=true|false, comma-separated
+    Column("whole", Boolean, nullable=False),    # every field (the user was new there)
+    Column("pass_id", Integer, nullable=True),
+    Column("sent_at", DateTime, nullable=True),
+    Column("acked_at", DateTime, nullable=False),
+    Column("committed_at", DateTime, nullable=True),
+    Column("reason", Text, nullable=True),
+)
+Index("ix_syncer_history_user", history.c.user_id, history.c.id)
+Index("ix_syncer_history_acked", history.c.acked_at)

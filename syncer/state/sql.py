@@ -224,6 +224,7 @@ class SqlStateStore:
     (Alembic, ``migrations/``) when it opens."""
 
     def __init__(self, engine: Engine, *, run_migrations: bool = True) -> None:
+        from syncer.state.sql_history import SqlHistory
         from syncer.state.sql_ledger import SqlLedger
 
         self.engine = engine
@@ -233,6 +234,7 @@ class SqlStateStore:
         self.passes = SqlPassLog(engine)
         self.requests = SqlRequests(engine)
         self.cursors = SqlCursors(engine)
+        self.history = SqlHistory(engine)
 
     @classmethod
     def from_url(cls, url: str, *, run_migrations: bool = True) -> SqlStateStore:

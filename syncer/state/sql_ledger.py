@@ -17,6 +17,7 @@ from syncer.model import BLUX, NACHOCODE, Delivered, KeyKind, Quarantine, UserSt
 from syncer.state import ProblemRow, QuarantineRow, ScanRow, StateCounts
 from syncer.state import schema as t
 from syncer.state.sql import SqlPart, brief
+from syncer.state.sql_history import HISTORY_INSERT, history_rows
 
 _IN_CHUNK = 500
 # Every destination there is: lookups by user name them, so that the primary keys
@@ -229,6 +230,10 @@ class SqlLedger(SqlPart):
             conn.exec_driver_sql(_DELIVERIES_UPSERT.replace("?", "%s") if pg
                                  else _DELIVERIES_UPSERT, delivered)
         self._delete_pairs(conn, t.deliveries, forgotten)
+        entries = [e for w in writes for e in w.history]
+        if entries:   # the audit trail: with the deliveries, in this transaction
+            conn.exec_driver_sql(HISTORY_INSERT.replace("?", "%s") if pg else HISTORY_INSERT,
+                                 history_rows(entries, pg))
         qins: Any = (postgresql.insert(t.quarantine) if self._dialect == "postgresql"
                      else sqlite.insert(t.quarantine))
         q = t.quarantine.c
