@@ -296,6 +296,10 @@ def summary(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
         "watermark": tps["watermark"] / tps["bare_stamped"],
         "watermark_vs_plain_bare": tps["watermark"] / tps["bare"],
     }
+    # Each configuration against the bare run of its own round (noise shared within a round).
+    baseline = {"triggers": "bare", "outbox": "bare", "watermark": "bare_stamped"}
+    paired = {name: round(statistics.median(r[name]["tps"] / r[base]["tps"] for r in rounds), 3)
+              for name, base in baseline.items()}
     daemon = {mode: {key: median(mode, key) for key in
                      ("landed_seconds", "cpu_microseconds_per_changed_user", "changed_users",
                       "daemon_cpu_seconds")} for mode in ("outbox", "watermark")}
@@ -307,6 +311,7 @@ def summary(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
                                   for m in ("outbox", "watermark")),
     }
     return {"median_tps": tps, "ratios": {k: round(v, 3) for k, v in ratios.items()},
+            "paired_ratios_median": paired,
             "daemon_medians": daemon, "met": met, "all_met": all(met.values())}
 
 
@@ -317,6 +322,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=20)
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so every process started here is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     seed_users(BARE, args.users)
     seed_users(SYNCED, args.users)
