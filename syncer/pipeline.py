@@ -277,7 +277,7 @@ class _Pass:
         finally:
             await self.recorder.flush()  # what was delivered is recorded, even when it fails
             if found.total:
-                rt.forget_known_users()
+                rt.forget_known_users(found.total + (self.live.users if self.live else 0))
         if found.commit is not None and not self.stopping():
             await rt.in_source(found.commit)
         if self.stopping():   # users not examined, or with a send still pending

@@ -39,6 +39,7 @@ T = TypeVar("T")
 # How long the count of known users (for the safety valve) is reused: it moves slowly, and
 # counting a large state takes a while.
 KNOWN_USERS_TTL = 300.0
+CAPTURE_TTL = 300.0
 
 
 def build_senders(config: Config) -> list[Sender]:
@@ -121,6 +122,7 @@ class Runtime:
         self._source_pool = ThreadPoolExecutor(1, thread_name_prefix="syncer-source")
         self._state_pool = ThreadPoolExecutor(1, thread_name_prefix="syncer-state")
         self._known: tuple[int, float] | None = None
+        self._captures: dict[bool, tuple[Capture, float]] = {}
 
     def beat(self) -> None:
         """Work is progressing (the watchdog pings only while it does)."""
@@ -158,8 +160,13 @@ class Runtime:
             self._known = (await self.in_state(self.state.ledger.known_users), now)
         return self._known[0]
 
-    def forget_known_users(self) -> None:
-        self._known = None
+    def forget_known_users(self, changed: int | None = None) -> None:
+        """The count may be off: recount at the next pass. With ``changed`` (users a pass
+        settled), only when they could move it by more than 1% (a count is a scan of the
+        state: a million rows every few hundred milliseconds under a steady trickle would cost
+        more than the trickle itself); the TTL recounts anyway."""
+        if changed is None or self._known is None or changed * 100 > self._known[0]:
+            self._known = None
 
     # -- the capture
 
@@ -168,6 +175,16 @@ class Runtime:
         return CaptureContext(self.source, self.state, self.mapping)
 
     def capture(self, reconcile: bool) -> Capture:
+        """The capture of a pass. The same one serves the passes of a few minutes (it keeps
+        what it learnt of the source: the outbox's names and columns), then a fresh one looks
+        again (an outbox upgraded meanwhile by `syncer outbox install`)."""
+        now = time.monotonic()
+        kept = self._captures.get(reconcile)
+        if kept is None or now - kept[1] > CAPTURE_TTL:
+            kept = self._captures[reconcile] = (self._new_capture(reconcile), now)
+        return kept[0]
+
+    def _new_capture(self, reconcile: bool) -> Capture:
         mode = self.config.capture.mode
         if reconcile or mode == "snapshot":
             return SnapshotCapture()
