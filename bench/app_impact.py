@@ -44,7 +44,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench.common import MAPPING, PG, admin, sandbox_process, save, seed_users
+from bench.common import PG, admin, raw_config, sandbox_process, save, seed_users, write_config
 
 BARE, SYNCED = "bench_app_bare", "bench_app"
 SNAP = f"{BARE}.snap"  # points before a daemon round: what changed
@@ -61,56 +61,17 @@ LANDING_TIMEOUT = 180.0
 # ----------------------------------------------------------------------------- configs, processes
 
 
-def mapping_toml() -> str:
-    lines = []
-    for table, columns in MAPPING.items():
-        lines.append(f"[mapping.{table}]")
-        lines += [f'{prop} = "{column}"' for prop, column in columns.items()]
-    return "\n".join(lines)
-
-
-def write_config(folder: Path, schema: str, mode: str, interval: float,
-                 blux: str, nachocode: str) -> Path:
+def daemon_config(folder: Path, schema: str, mode: str, interval: float,
+                  blux: str, nachocode: str) -> Path:
     """A config file as an operator would write it: product defaults but for the rates."""
-    path = folder / f"{schema}-{mode}.toml"
     url = PG.replace("postgresql+psycopg://", "postgresql://")
-    path.write_text(f"""
-[source]
-url = "{url}"
-schema = "{schema}"
-table = "users"
-primary_key = "id"
-
-[capture]
-mode = "{mode}"
-watermark_column = "updated_at"
-soft_delete_column = "deleted_at"
-reconcile_cron = ""
-
-[schedule]
-interval_seconds = {interval}
-
-[state]
-url = "sqlite:///{folder / f'state-{schema}-{mode}.db'}"
-
-{mapping_toml()}
-
-[blux]
-base_url = "{blux}"
-application_id = "sandbox-app"
-secret_key = "sandbox-blux-secret"
-update_rate = {FAST['update_rate']}
-delete_rate = {FAST['delete_rate']}
-max_in_flight = {FAST['max_in_flight']}
-
-[nachocode]
-base_url = "{nachocode}"
-api_key = "sandbox-nacho-api-key"
-secret_key = "sandbox-nacho-secret"
-rate = {FAST['update_rate']}
-max_in_flight = {FAST['max_in_flight']}
-""")
-    return path
+    rates = {"max_in_flight": FAST["max_in_flight"]}
+    return write_config(folder / f"{schema}-{mode}.toml", raw_config(
+        url, f"sqlite:///{folder / f'state-{schema}-{mode}.db'}", mode,
+        source={"schema": schema}, capture={"reconcile_cron": ""},
+        schedule={"interval_seconds": interval},
+        blux={"base_url": blux, **FAST},
+        nachocode={"base_url": nachocode, "rate": FAST["update_rate"], **rates}))
 
 
 def syncer(*args: str, log: Path | None = None) -> None:
@@ -330,9 +291,9 @@ def main() -> None:
     engine = admin()
     with tempfile.TemporaryDirectory() as tmp, sandbox_process() as (blux, nachocode):
         folder = Path(tmp)
-        configs = {"triggers": write_config(folder, BARE, "outbox", 60, blux, nachocode),
-                   "outbox": write_config(folder, SYNCED, "outbox", 60, blux, nachocode),
-                   "watermark": write_config(folder, SYNCED, "watermark", 1, blux, nachocode)}
+        configs = {"triggers": daemon_config(folder, BARE, "outbox", 60, blux, nachocode),
+                   "outbox": daemon_config(folder, SYNCED, "outbox", 60, blux, nachocode),
+                   "watermark": daemon_config(folder, SYNCED, "watermark", 1, blux, nachocode)}
         bench = Bench(folder, engine, Landing(engine, blux), args.seconds, configs)
         steps: dict[str, Callable[[], dict[str, Any]]] = {
             "bare": lambda: bench.plain(BARE),

@@ -86,8 +86,9 @@ def seed_users(schema: str, n: int) -> str:
     return schema_url(schema)
 
 
-def config(source_url: str, state_url: str, mode: str = "snapshot",
-           **sections: dict[str, Any]) -> Config:
+def raw_config(source_url: str, state_url: str, mode: str = "snapshot",
+               **sections: dict[str, Any]) -> dict[str, Any]:
+    """The benchmarks' config as the TOML tree, each section updated from ``sections``."""
     raw: dict[str, Any] = {
         "source": {"url": source_url, "table": "users", "primary_key": "id"},
         "capture": {"mode": mode, "watermark_column": "updated_at",
@@ -101,7 +102,39 @@ def config(source_url: str, state_url: str, mode: str = "snapshot",
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
-    return parse(raw, path="<bench>")
+    return raw
+
+
+def config(source_url: str, state_url: str, mode: str = "snapshot",
+           **sections: dict[str, Any]) -> Config:
+    return parse(raw_config(source_url, state_url, mode, **sections), path="<bench>")
+
+
+def write_config(path: Path, raw: dict[str, Any]) -> Path:
+    """``raw`` (see :func:`raw_config`) as a config file, for ``syncer`` run as a process."""
+    lines: list[str] = []
+
+    def table(name: str, values: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        if scalars:
+            lines.append(f"[{name}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
+        for key, sub in values.items():
+            if isinstance(sub, dict):
+                table(f"{name}.{key}", sub)
+
+    for name, values in raw.items():
+        table(name, values)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))   # a JSON string is a TOML basic string
 
 
 def fast_sandbox() -> SandboxApp:

@@ -32,42 +32,21 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench.common import MAPPING, save, seed_users
+from bench.common import raw_config, save, seed_users, write_config
 from syncer.sandbox import Faults, SandboxApp, SandboxConfig, SandboxServer
 
 FAST = SandboxConfig(update_rate=1_000_000, delete_rate=1_000_000, withdraw_rate=1_000_000)
 
 
-def config_text(url: str, state: str, server: SandboxServer, *, unlimited: bool) -> str:
-    rates = ("update_rate = 10000\ndelete_rate = 10000\n" if unlimited else "")
-    nacho_rate = "rate = 10000\n" if unlimited else ""
-    props = "\n".join(f'{k} = "{v}"' for k, v in MAPPING["user_properties"].items())
-    custom = "\n".join(f'{k} = "{v}"' for k, v in MAPPING["custom_user_properties"].items())
-    return f"""
-[source]
-url = "{url}"
-table = "users"
-primary_key = "id"
-[capture]
-mode = "outbox"
-soft_delete_column = "deleted_at"
-[schedule]
-interval_seconds = 60
-[state]
-url = "{state}"
-[mapping.user_properties]
-{props}
-[mapping.custom_user_properties]
-{custom}
-[blux]
-base_url = "{server.blux_base_url}"
-application_id = "{SandboxConfig().blux_application_id}"
-secret_key = "{SandboxConfig().blux_secret_key}"
-{rates}[nachocode]
-base_url = "{server.nachocode_base_url}"
-api_key = "{SandboxConfig().nachocode_api_key}"
-secret_key = "{SandboxConfig().nachocode_secret_key}"
-{nacho_rate}"""
+def write_daemon_config(path: Path, url: str, state: str, server: SandboxServer, *,
+                        unlimited: bool) -> Path:
+    """Outbox mode, a 60 s interval; the documented rates, or the highest the config takes."""
+    fast = {"update_rate": 10_000, "delete_rate": 10_000} if unlimited else {}
+    return write_config(path, raw_config(
+        url, state, "outbox", schedule={"interval_seconds": 60},
+        blux={"base_url": server.blux_base_url, **fast},
+        nachocode={"base_url": server.nachocode_base_url,
+                   **({"rate": 10_000} if unlimited else {})}))
 
 
 def syncer(*args: str) -> subprocess.CompletedProcess[str]:
@@ -151,9 +130,8 @@ def initial_load(users: int, count: int, tmp: Path) -> dict[str, Any]:
     url = seed_users("bench_live_initial", users)
     app = SandboxApp(SandboxConfig(), Faults())
     with SandboxServer(app) as server:
-        cfg = tmp / "initial.toml"
-        cfg.write_text(config_text(url, f"sqlite:///{tmp / 'initial.db'}", server,
-                                   unlimited=False))
+        cfg = write_daemon_config(tmp / "initial.toml", url, f"sqlite:///{tmp / 'initial.db'}",
+                                  server, unlimited=False)
         installed = syncer("outbox", "install", "-c", str(cfg))
         assert installed.returncode == 0, installed.stdout + installed.stderr
         proc = daemon(cfg, tmp / "initial.log")
@@ -169,16 +147,14 @@ def resync_all(users: int, count: int, tmp: Path, first_id: int = 1000) -> dict[
     app = SandboxApp(FAST, Faults())
     state = f"sqlite:///{tmp / 'resync.db'}"
     with SandboxServer(app) as server:
-        fast = tmp / "fast.toml"
-        fast.write_text(config_text(url, state, server, unlimited=True))
+        fast = write_daemon_config(tmp / "fast.toml", url, state, server, unlimited=True)
         installed = syncer("outbox", "install", "-c", str(fast))
         assert installed.returncode == 0, installed.stdout + installed.stderr
         loaded = syncer("once", "-c", str(fast))
         assert loaded.returncode == 0, loaded.stderr[-2000:]
         app.config = SandboxConfig()    # the documented rates from now on
         app.reset()
-        cfg = tmp / "resync.toml"
-        cfg.write_text(config_text(url, state, server, unlimited=False))
+        cfg = write_daemon_config(tmp / "resync.toml", url, state, server, unlimited=False)
         proc = daemon(cfg, tmp / "resync.log")
         try:
             time.sleep(3.0)   # the daemon is up and idle (nothing changed)

@@ -32,8 +32,7 @@ from typing import Any
 import pymysql
 import sqlalchemy as sa
 
-from bench.app_impact import mapping_toml
-from bench.common import save
+from bench.common import raw_config, save, write_config
 
 MYSQL = os.environ.get("SYNCER_BENCH_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
 DATABASE = "bench_trig"
@@ -55,28 +54,10 @@ def rows(n: int) -> list[tuple[Any, ...]]:
             for g in range(1, n + 1)]
 
 
-def write_config(folder: Path, url: str) -> Path:
-    path = folder / f"{url.split(':', maxsplit=1)[0]}.toml"
-    path.write_text(f"""
-[source]
-url = "{url}"
-table = "users"
-primary_key = "id"
-
-[capture]
-mode = "outbox"
-soft_delete_column = "deleted_at"
-
-[state]
-url = "sqlite:///{folder / 'state.db'}"
-
-{mapping_toml()}
-
-[blux]
-application_id = "sandbox-app"
-secret_key = "sandbox-blux-secret"
-""")
-    return path
+def outbox_config(folder: Path, url: str) -> Path:
+    """Enough of a config for `syncer outbox install` on ``url``."""
+    return write_config(folder / f"{url.split(':', maxsplit=1)[0]}.toml",
+                        raw_config(url, f"sqlite:///{folder / 'state.db'}", "outbox"))
 
 
 def outbox(action: str, config: Path) -> None:
@@ -139,7 +120,7 @@ def mysql(users: int, rounds: int, seconds: float, folder: Path) -> dict[str, An
                            " %s, %s)", rows(users))
     loader.commit()
     loader.close()
-    config = write_config(folder, url.render_as_string(hide_password=False))
+    config = outbox_config(folder, url.render_as_string(hide_password=False))
 
     def measure() -> float:
         with ProcessPoolExecutor(PROCESSES) as pool:
@@ -168,7 +149,7 @@ def sqlite(users: int, rounds: int, seconds: float, folder: Path) -> dict[str, A
                      [tuple(str(v) if isinstance(v, dt.date) else v for v in row)
                       for row in rows(users)])
     conn.commit()
-    config = write_config(folder, f"sqlite:///{path}")
+    config = outbox_config(folder, f"sqlite:///{path}")
     pick = random.Random(1).randint
 
     def measure() -> float:

@@ -218,8 +218,9 @@ def plan(config: Config, reconcile: bool, show_values: bool | None) -> None:
 @click.option("--limit", default=10, show_default=True, help="Rows per table.")
 @common(secrets=False)
 def status(config: Config, limit: int) -> None:
-    """Recent passes, pending and lag, quarantined users with the reason, destination health.
-    Exit 1 when there is no state yet (no pass has run with this config)."""
+    """Recent passes, pending and lag, bulk work under way (how far, time left), quarantined
+    users with the reason, destination health. Exit 1 when there is no state yet (no pass has
+    run with this config)."""
     from syncer.report import status_report
 
     try:

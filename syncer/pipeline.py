@@ -325,7 +325,7 @@ class _Pass:
             deletions += await rt.in_source(self.examiner.examine, keys)
             done += len(keys)
         self.admit(deletions)
-        self._submit(deletions)
+        self.submit(deletions)
         bulk = await self._bulk_started(found)
         try:
             for keys in self.segments(found, deletions=False):
@@ -333,7 +333,7 @@ class _Pass:
                     break
                 works = await rt.in_source(self.examiner.examine, keys)
                 self.admit(works)
-                self._submit(works)
+                self.submit(works)
                 done += len(keys)
                 self._progress("deliver", done, found.total)
                 if bulk is not None:
@@ -363,9 +363,6 @@ class _Pass:
             bulk.updated = now
             self.rt.observer.bulk(bulk)
             await self.rt.in_state(self.rt.state.cursors.set, BULK, bulk.to_json(), utcnow())
-
-    def _submit(self, works: Sequence[Work]) -> None:
-        self.submit(works)
 
     def submit(self, works: Sequence[Work], live: bool = False) -> None:
         """Hand the works' operations to the deliverer, one work per user at a time: a newer

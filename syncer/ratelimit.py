@@ -54,13 +54,12 @@ class Send:
 class Pacer:
     """At most one event every ``interval`` seconds, and at most ``limit`` in any ``window``."""
 
-    def __init__(self, interval: float, limit: int | None = None,
-                 window: float | None = None) -> None:
-        if interval <= 0:
-            raise ValueError("interval must be > 0")
+    def __init__(self, interval: float, limit: int, window: float) -> None:
+        if interval <= 0 or limit < 1 or window <= 0:
+            raise ValueError("interval and window must be > 0, limit at least 1")
         self.interval = interval
-        self.limit = limit if limit is not None else 1
-        self.window = window if window is not None else interval * 0.99
+        self.limit = limit
+        self.window = window
         self._last: float | None = None
         self._sends: deque[Send] = deque(maxlen=REMEMBER_WINDOWS * self.limit + 16)
         self.hold_until = 0.0  # a server's Retry-After: nothing leaves before this
